@@ -1,0 +1,35 @@
+"""semissl: semi-supervised image learning in JAX/Flax."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "chex>=0.1.90",
+    "ml-collections>=1.0",
+    "clu>=0.0.12",
+    "absl-py",
+    "numpy",
+    # semissl.data (the only TensorFlow user) and clu's metric writers:
+    "tensorflow-cpu>=2.18",  # never the GPU build: it breaks JAX's multi-GPU collectives
+    "tensorflow-datasets>=4.9.8",
+    "importlib_resources",  # tfds 4.9.10 imports it without declaring it
+    "tensorboard",  # clu.metric_writers needs it, undeclared by clu
+    "matplotlib",  # PNG plots in docs
+]
+
+setuptools.setup(
+    name="semissl",
+    version="0.1.0",
+    description="Semi-supervised image learning (SimCLRv2, SemPPL, SimMatch, Semi-ViT, FixMatch, ...) in JAX/Flax.",
+    packages=setuptools.find_packages(include=["semissl", "semissl.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist"],
+        # Accelerator builds of jax; install one of these on TPU VMs / GPU boxes.
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+)
