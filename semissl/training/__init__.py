@@ -1,1 +1,11 @@
-"""semissl.training."""
+"""semissl.training: TrainState, the one train step, mesh, optimizers, checkpoints, loop.
+
+TensorFlow-free: the data pipeline and clu's writers are imported lazily.
+"""
+from semissl.training.sharding import make_mesh, tree_shardings, global_batch
+from semissl.training.step import make_eval_step, make_train_step
+from semissl.training.train_loop import create_state, train_and_evaluate
+from semissl.training.train_state import TrainState
+
+__all__ = ["TrainState", "create_state", "global_batch", "make_eval_step", "make_mesh",
+           "make_train_step", "train_and_evaluate", "tree_shardings"]

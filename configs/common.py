@@ -1,0 +1,99 @@
+"""Shared config building blocks (defaults, variant parsing, label specs)."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'key=value,flag' variant strings; values take the type of the default."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config variant {key!r}; known: {', '.join(sorted(defaults))}.")
+    default = defaults[key]
+    if isinstance(default, bool):
+      parsed[key] = value.lower() in ("", "1", "true", "yes")
+    elif isinstance(default, int):
+      parsed[key] = int(value)
+    elif isinstance(default, float):
+      parsed[key] = float(value)
+    else:
+      parsed[key] = value
+  return parsed
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Keys every experiment has; method files fill in the rest."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.method = ml_collections.ConfigDict({"name": ""})
+  config.model = ml_collections.ConfigDict({"name": ""})
+  config.data = ml_collections.ConfigDict()
+  config.optimizer = ml_collections.ConfigDict({"name": "sgd", "base_lr": 0.1})
+  config.ema = ml_collections.ConfigDict({"decay": 0.999, "schedule": "constant"})
+  config.mesh = {"data": -1}
+  config.sharding_rules = ()
+  config.batch_size = 64
+  config.mu = 0
+  config.eval_batch_size = 1000
+  config.num_train_steps = 0
+  config.num_epochs = 0.0
+  config.log_every_steps = 50
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.init_from = ""
+  return config
+
+
+def set_labels(data: ml_collections.ConfigDict, labels: str) -> None:
+  """'1pct'/'10pct'/'all' -> label_fraction; 'N' -> N labels in all, N/10 per class
+  (the 10-class protocols: Fashion-MNIST, CIFAR-10 '40 labels'); 'perclassN' -> N per class."""
+  data.label_fraction = None
+  data.labels_per_class = None
+  if labels.endswith("pct"):
+    data.label_fraction = float(labels[:-3]) / 100.0
+  elif labels == "all":
+    data.label_fraction = 1.0
+  elif labels.isdigit():
+    if int(labels) % 10:
+      raise ValueError(f"labels={labels}: a total label count must be a multiple of the 10 "
+                       "classes; use perclassN for another count per class.")
+    data.labels_per_class = int(labels) // 10
+  elif labels.startswith("perclass") and labels[8:].isdigit():
+    data.labels_per_class = int(labels[8:])
+  else:
+    raise ValueError(f"labels={labels!r}: use e.g. 1pct, 10pct, all, 40 (in all) or perclass4.")
+
+
+def set_fmnist_data(config: ml_collections.ConfigDict, *, dataset: str, labels: str) -> None:
+  """The data keys shared by every Fashion-MNIST CPU config (same split for all)."""
+  data = config.data
+  data.dataset = dataset
+  data.data_dir = None
+  data.train_split = "train"
+  data.eval_split = "test"
+  data.labelled_ids_file = None
+  data.split_seed = 0
+  data.labelled_in_unlabelled = True
+  data.image_size = 28
+  data.num_channels = None
+  data.mean = None
+  data.std = None
+  data.labelled_views = {}
+  data.unlabelled_views = {}
+  set_labels(data, labels)
+
+
+def make_runlocal(config: ml_collections.ConfigDict) -> None:
+  """A few steps on small batches: smoke tests and CI."""
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.num_train_steps = 6
+  config.num_epochs = 0.0
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  config.optimizer.warmup_steps = 1
+  config.optimizer.warmup_epochs = 0.0

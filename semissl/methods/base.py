@@ -1,0 +1,94 @@
+"""The method interface: a method is a loss function plus its state, not a loop.
+
+`semissl.training` runs every method with the same jitted step. A method:
+- `init(rng, example_batch) -> (variables, method_state)`; variables is
+  {'params': ..., 'batch_stats': ...} as flax returns them.
+- `loss_fn(params, batch, *, state, rng) -> (loss, StepAux)`; `state` is the
+  current TrainState (batch stats, EMA target, method state, step).
+- `eval_logits(variables, images) -> logits` for top-1/top-5 evaluation of
+  the online and the EMA-target variables.
+- `state_sharding_rules()`: regex rules for its method_state (queues and banks
+  are sharded on their slot axis).
+- `labelled_views` / `unlabelled_views`: the augmented views it needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import ml_collections
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a method needs to know about the data (no TensorFlow types)."""
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_labelled: int
+  num_unlabelled: int
+
+
+class StepAux(NamedTuple):
+  """What `loss_fn` returns besides the loss."""
+  batch_stats: PyTree  # updated online batch-norm statistics
+  method_state: PyTree  # updated queues / banks / averages
+  metrics: dict[str, jax.Array]  # scalars, averaged over the global batch
+
+
+class Method:
+  """Base class; subclasses register themselves with `register`."""
+
+  name: str = ""
+
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
+    self.config = config
+    self.info = info
+
+  # Views the input pipeline must produce (view name -> augmentation spec).
+  @property
+  def labelled_views(self) -> dict[str, Any]:
+    return dict(self.config.data.labelled_views)
+
+  @property
+  def unlabelled_views(self) -> dict[str, Any]:
+    return dict(self.config.data.get("unlabelled_views", {}) or {})
+
+  def validate(self) -> None:
+    """Raises a one-line ValueError for bad method config, before training."""
+
+  def init(self, rng: jax.Array, example_batch: PyTree) -> tuple[PyTree, PyTree]:
+    raise NotImplementedError
+
+  def loss_fn(self, params: PyTree, batch: PyTree, *, state: Any,
+              rng: jax.Array) -> tuple[jax.Array, StepAux]:
+    raise NotImplementedError
+
+  def eval_logits(self, variables: PyTree, images: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def state_sharding_rules(self) -> Sequence[tuple[str, Any]]:
+    return ()
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+  """Class decorator: makes the method available by its `name`."""
+  if not cls.name:
+    raise ValueError(f"{cls.__name__} needs a non-empty `name`.")
+  _METHODS[cls.name] = cls
+  return cls
+
+
+def get_method(name: str) -> type[Method]:
+  if name not in _METHODS:
+    raise ValueError(f"Unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}.")
+  return _METHODS[name]
+
+
+def known_methods() -> list[str]:
+  return sorted(_METHODS)

@@ -1,0 +1,61 @@
+"""Supervised baseline: cross-entropy on the labelled subset only.
+
+The baseline every semi-supervised method is compared against, and the first
+implementation of the method interface.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from semissl import models
+from semissl.methods import base
+
+
+def build_classifier(config, num_classes: int):
+  """Backbone from `config.model` (name + kwargs) with a linear classifier."""
+  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  backbone = models.get_backbone(config.model.name, **kwargs)
+  return models.Classifier(backbone=backbone, num_classes=num_classes)
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  return {"train_top1": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+@base.register
+class Supervised(base.Method):
+  """Labelled cross-entropy with optional label smoothing."""
+
+  name = "supervised"
+
+  def __init__(self, config, info):
+    super().__init__(config, info)
+    self.model = build_classifier(config, info.num_classes)
+
+  def validate(self):
+    smoothing = self.config.method.get("label_smoothing", 0.0)
+    if not 0.0 <= smoothing < 1.0:
+      raise ValueError(f"method.label_smoothing={smoothing} must be in [0, 1).")
+
+  def init(self, rng, example_batch):
+    images = example_batch["labelled"]["images"]["image"]
+    variables = self.model.init({"params": rng, "dropout": rng}, images, train=False)
+    return dict(variables), {}
+
+  def loss_fn(self, params, batch, *, state, rng):
+    labelled = batch["labelled"]
+    logits, updates = self.model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        labelled["images"]["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": rng})
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labelled["label"], self.info.num_classes),
+        self.config.method.get("label_smoothing", 0.0))
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    metrics = classification_metrics(logits, labelled["label"])
+    return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
+
+  def eval_logits(self, variables, images):
+    return self.model.apply(variables, images, train=False)
