@@ -17,12 +17,15 @@ from semissl.training import train_and_evaluate  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results.json go here.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed", False,
+    "Call jax.distributed.initialize() (multi-host TPU/GPU, or several local CPU processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  if int(os.environ.get("SEMISSL_NUM_PROCESSES", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
+  if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX processes: %d, local devices: %d, global devices: %d",
                jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -1,0 +1,168 @@
+"""Shared measuring code for the benchmarks in experiments/ (not a library module)."""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import time
+
+import numpy as np
+
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1,
+                "pred": 1, "f64": 8, "s64": 8}
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+                "collective-permute")
+
+
+def set_simulated_devices_from_argv() -> None:
+  """Honours --devices=N before jax initialises (simulated CPU devices)."""
+  for arg in sys.argv:
+    if arg.startswith("--devices=") and int(arg.split("=")[1]) > 0:
+      n = arg.split("=")[1]
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={n}")
+      os.environ["JAX_NUM_CPU_DEVICES"] = n
+
+
+def define_config_flag():
+  from ml_collections import config_flags
+  return config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=False)
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """Bytes of the results of each collective op kind in an HLO module's text."""
+  totals = {name: 0 for name in _COLLECTIVES}
+  for line in hlo_text.splitlines():
+    match = re.search(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(", line)
+    if not match:
+      continue
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+      size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+      totals[match.group(2)] += size * _DTYPE_BYTES.get(dtype, 4)
+  return totals
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a float32 [n,n]x[n,n] matmul on the default device (best of repeats)."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = min(_time_call(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  return 2 * n ** 3 / best
+
+
+def _time_call(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def median_time(fn, steps: int) -> float:
+  return statistics.median(_time_call(fn) for _ in range(steps))
+
+
+def synthetic_batch(config, num_classes: int):
+  """A batch with the config's views and sizes (global), NumPy."""
+  rs = np.random.RandomState(0)
+  size = config.data.image_size
+  channels = config.data.get("num_channels") or 1
+  def views(names, n):
+    return {name: rs.normal(size=(n, size, size, channels)).astype(np.float32) for name in names}
+  batch = {"labelled": {"images": views(config.data.labelled_views, config.batch_size),
+                        "label": rs.randint(0, num_classes, config.batch_size).astype(np.int32),
+                        "id": np.arange(config.batch_size, dtype=np.int64)}}
+  if config.get("mu", 0) and config.data.get("unlabelled_views"):
+    n = int(config.mu * config.batch_size)
+    batch["unlabelled"] = {"images": views(config.data.unlabelled_views, n),
+                           "id": np.arange(n, dtype=np.int64),
+                           "true_label": rs.randint(0, num_classes, n).astype(np.int32)}
+  return batch
+
+
+def benchmark_train_step(config, *, steps: int, num_classes: int) -> dict:
+  import jax
+  from semissl import methods
+  from semissl.training import optimizers, sharding, step as step_lib
+  from semissl.training.train_loop import create_state
+
+  mesh = sharding.make_mesh(config.get("mesh", None))
+  local = synthetic_batch(config, num_classes)
+  n_images = sum(v.shape[0] for part in local.values() for v in part["images"].values())
+  info = methods.DatasetInfo(num_classes=num_classes,
+                             image_shape=local["labelled"]["images"][
+                                 next(iter(local["labelled"]["images"]))].shape[1:],
+                             num_labelled=10 * config.batch_size,
+                             num_unlabelled=10 * int(config.get("mu", 0) * config.batch_size))
+  method = methods.get_method(config.method.name)(config, info)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=config.batch_size,
+                                           total_steps=1000, steps_per_epoch=100,
+                                           layer_id_fn=getattr(method, "layer_id_fn", None))
+  batch = sharding.global_batch(local, mesh)
+  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=batch,
+                                  mesh=mesh)
+  train_step = step_lib.make_train_step(
+      method, tx, lr_schedule=schedule,
+      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, 1000), mesh=mesh,
+      state_shardings=shardings)
+  compiled = train_step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  memory = compiled.memory_analysis()
+  collectives = collective_bytes(compiled.as_text())
+  grad_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+
+  holder = {"state": state}
+  def one_step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    jax.block_until_ready(metrics)
+  one_step()  # warm-up
+  step_time = median_time(one_step, steps)
+  peak = measure_matmul_peak()
+  mem_bytes = 0
+  if memory is not None:
+    mem_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+                 memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  return {
+      "config": f"{config.method.name}/{config.model.name} B={config.batch_size} "
+                f"mu={config.get('mu', 0)} img={config.data.image_size}",
+      "devices": jax.device_count(),
+      "step_ms": 1e3 * step_time,
+      "images_per_s": n_images / step_time,
+      "gflop_per_step": flops / 1e9,
+      "achieved_gflops": flops / step_time / 1e9,
+      "matmul_peak_gflops": peak / 1e9,
+      "fraction_of_peak": flops / step_time / peak,
+      "compiled_memory_mb": mem_bytes / 2 ** 20,
+      "allreduce_mb": collectives["all-reduce"] / 2 ** 20,
+      "allgather_mb": collectives["all-gather"] / 2 ** 20,
+      "reducescatter_mb": collectives["reduce-scatter"] / 2 ** 20,
+      "gradient_mb": grad_bytes / 2 ** 20,
+  }
+
+
+def markdown_table(rows: list[dict]) -> str:
+  keys = list(rows[0])
+  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def write_section(title: str, body: str, argv: list[str],
+                  path: str = os.path.join("docs", "PERFORMANCE.md")) -> None:
+  """Replaces (or appends) the '## title' section of docs/PERFORMANCE.md."""
+  import platform
+  command = "python " + " ".join(argv)
+  section = (f"## {title}\n\nMeasured with `{command}` on {platform.machine()} "
+             f"({os.cpu_count()} CPU cores, shared machine).\n\n{body}\n")
+  text = open(path).read() if os.path.exists(path) else "# Performance\n\n"
+  pattern = re.compile(r"^## " + re.escape(title) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+  text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else (
+      text.rstrip("\n") + "\n\n" + section)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# README command 2 (what .ci/run calls): set up, then run the test suite on 8
+# simulated CPU devices. Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/setup_env.sh" test
+cd "$root"
+export JAX_NUM_CPU_DEVICES=8 XLA_FLAGS="--xla_force_host_platform_device_count=8" TF_CPP_MIN_LOG_LEVEL=2
+exec "$root/.venv/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --durations=15 "$@"

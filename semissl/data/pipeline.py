@@ -1,0 +1,349 @@
+"""`build_input`: from `config.data` to the train and eval iterators of one process.
+
+Every source is loaded into memory (`semissl.data.sources`) and then goes through the
+same tf.data stream code (`semissl.data.streams`). All bad input raises a one-line
+ValueError here, before any training step.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from semissl.data import augment
+from semissl.data import sources
+from semissl.data import splits
+from semissl.data import streams
+from semissl.data import tf_runtime
+
+_DEFAULTS = {
+    "dataset": "fashion_mnist",
+    "data_dir": None,
+    "train_split": "train",
+    "eval_split": "test",
+    "label_fraction": 0.01,
+    "labels_per_class": None,
+    "labelled_ids_file": None,
+    "split_seed": 0,
+    "labelled_in_unlabelled": True,
+    "image_size": 28,
+    "num_channels": None,
+    "mean": None,
+    "std": None,
+    "labelled_views": {"image": {"name": "crop_flip"}},
+    "unlabelled_views": {},
+    "eval_view": {"name": "identity"},
+    "tf_threads": None,  # None: the CPUs this process may use.
+    "prefetch": None,  # batches to prefetch; None: AUTOTUNE.
+    "stats_sample_size": 10_000,  # images used to compute mean/std when not given.
+    "shuffle_buffer": None,  # unused: streams use exact stateless permutations.
+}
+# Per-channel statistics of pixel/255 where computing them would be wasteful.
+_KNOWN_NORMALISATION = {
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """A `config.data` with every key `build_input` reads, at its default."""
+  return ml_collections.ConfigDict(_DEFAULTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What the model and the train loop need to know about the data."""
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of views without their own 'size'
+  num_train: int
+  num_labelled: int
+  num_unlabelled: int
+  num_eval: int
+  class_names: tuple[str, ...] | None
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamParts:
+  """What the tf.data streams are built from (internal to `Input`)."""
+  train_labels: np.ndarray
+  eval_labels: np.ndarray
+  train_lookup: streams.ImageLookup
+  eval_lookup: streams.ImageLookup
+  labelled_views: dict[str, dict[str, Any]]
+  unlabelled_views: dict[str, dict[str, Any]]
+  eval_view: dict[str, Any]
+  image_size: int
+  seed: int
+  process_index: int
+  process_count: int
+  options: tf.data.Options
+  prefetch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+  """Train and eval data of one process (see `build_input`)."""
+  info: DataInfo
+  labelled_ids: np.ndarray
+  unlabelled_ids: np.ndarray
+  local_batch_size: int
+  local_unlabelled_batch_size: int
+  local_eval_batch_size: int
+  num_eval_batches: int
+  start_step: int
+  _parts: _StreamParts = dataclasses.field(repr=False)
+
+  def train_dataset(self, start_step: int | None = None) -> tf.data.Dataset:
+    """Infinite tf.data stream of this process's share of each global batch."""
+    p = self._parts
+    start = self.start_step if start_step is None else int(start_step)
+    common = dict(labels=p.train_labels, lookup=p.train_lookup,
+                  process_index=p.process_index, seed=p.seed, start_step=start)
+    parts = {}
+    if p.labelled_views:
+      parts["labelled"] = streams.example_stream(
+          ids=self.labelled_ids, views_fn=self._views_fn(p.labelled_views),
+          global_batch=self.local_batch_size * p.process_count,
+          local_batch=self.local_batch_size, stream_id=streams.LABELLED_STREAM,
+          label_key="label", **common)
+    if p.unlabelled_views:
+      parts["unlabelled"] = streams.example_stream(
+          ids=self.unlabelled_ids, views_fn=self._views_fn(p.unlabelled_views),
+          global_batch=self.local_unlabelled_batch_size * p.process_count,
+          local_batch=self.local_unlabelled_batch_size,
+          stream_id=streams.UNLABELLED_STREAM, label_key="true_label", **common)
+    dataset = tf.data.Dataset.zip(parts)
+    return dataset.with_options(p.options).prefetch(p.prefetch)
+
+  def train_iter(self, start_step: int | None = None) -> Iterator[dict[str, Any]]:
+    """Infinite NumPy batches of this process, from `start_step` (default: the build's).
+
+    Each batch is `{'labelled': {'images': {view: float32 [b, H, W, C]},
+    'label': int32 [b], 'id': int64 [b], 'index': int32 [b]}, 'unlabelled':
+    {'images': {view: ...}, 'id': int64 [mu*b], 'index': int32 [mu*b],
+    'true_label': int32 [mu*b]}}`; a part is absent when its views are empty.
+    'index' is the example's position in `labelled_ids` / `unlabelled_ids` (for
+    the labelled stream: its memory-bank slot). 'true_label' is for telemetry only, never for training.
+    """
+    return self.train_dataset(start_step).as_numpy_iterator()
+
+  def eval_dataset(self) -> tf.data.Dataset:
+    """Finite, padded eval batches `{'images': {'image'}, 'label', 'id', 'mask'}`."""
+    p = self._parts
+    dataset = streams.eval_stream(
+        labels=p.eval_labels, lookup=p.eval_lookup,
+        views_fn=self._views_fn({"image": p.eval_view}),
+        global_batch=self.local_eval_batch_size * p.process_count,
+        local_batch=self.local_eval_batch_size, process_index=p.process_index)
+    return dataset.with_options(p.options).prefetch(p.prefetch)
+
+  def eval_iter(self) -> Iterator[dict[str, Any]]:
+    """One pass over the eval split as NumPy batches (mask 0 marks padding)."""
+    return self.eval_dataset().as_numpy_iterator()
+
+  def _views_fn(self, views: Mapping[str, Mapping]) -> streams.ViewsFn:
+    return streams.make_views_fn(views, image_size=self._parts.image_size,
+                                 mean=self.info.mean, std=self.info.std)
+
+
+def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size: int,
+                mu: float, eval_batch_size: int, seed: int,
+                workdir: str | None = None, process_index: int = 0,
+                process_count: int = 1, start_step: int = 0) -> Input:
+  """Loads the data of `config.data` and prepares this process's streams.
+
+  Args:
+    data_config: `config.data` (keys and defaults: `default_data_config()`).
+    batch_size: global labelled batch B.
+    mu: unlabelled / labelled ratio; the global unlabelled batch is mu * B.
+    eval_batch_size: global eval batch.
+    seed: experiment seed (stream order and augmentations).
+    workdir: if given, process 0 writes `<workdir>/labelled_ids.txt`.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes; each gets a contiguous 1/P of every batch.
+    start_step: the first global step `train_iter()` yields (exact resume).
+
+  Returns:
+    The `Input` of this process.
+
+  Raises:
+    ValueError: (one line, saying what to change) for any bad setting or data.
+  """
+  cfg = _merged_config(data_config)
+  unlabelled_batch = _validate_config(
+      cfg, batch_size=batch_size, mu=mu, eval_batch_size=eval_batch_size,
+      process_index=process_index, process_count=process_count, start_step=start_step)
+  num_threads = int(cfg["tf_threads"] or tf_runtime.default_num_threads())
+  tf_runtime.configure_tensorflow(num_threads=num_threads)
+  options = tf_runtime.dataset_options(num_threads=num_threads)
+
+  source = sources.load_source(cfg["dataset"], data_dir=cfg["data_dir"],
+                               train_split=cfg["train_split"],
+                               eval_split=cfg["eval_split"])
+  labelled_ids = _labelled_ids(cfg, source.train)
+  unlabelled_ids = splits.unlabelled_ids(
+      num_examples=len(source.train), labelled_ids=labelled_ids,
+      include_labelled=bool(cfg["labelled_in_unlabelled"]))
+  if cfg["unlabelled_views"] and not len(unlabelled_ids):
+    raise ValueError("Every training example is labelled, so the unlabelled stream is "
+                     "empty; set data.labelled_in_unlabelled=True or label fewer.")
+
+  channels = int(cfg["num_channels"] or source.channels)
+  train_lookup = streams.make_image_lookup(source.train, source_channels=source.channels,
+                                           channels=channels)
+  eval_lookup = streams.make_image_lookup(source.eval, source_channels=source.channels,
+                                          channels=channels)
+  mean, std = _normalisation(cfg, channels=channels, lookup=train_lookup,
+                             num_train=len(source.train), options=options)
+  image_size = int(cfg["image_size"])
+  _dry_run_views(cfg, lookup=train_lookup, image_size=image_size)
+
+  if workdir is not None and process_index == 0:
+    splits.write_labelled_ids(os.path.join(workdir, splits.LABELLED_IDS_FILENAME),
+                              labelled_ids)
+  info = DataInfo(
+      num_classes=source.num_classes, image_shape=(image_size, image_size, channels),
+      num_train=len(source.train), num_labelled=len(labelled_ids),
+      num_unlabelled=len(unlabelled_ids),
+      num_eval=len(source.eval), class_names=source.class_names, mean=mean, std=std)
+  parts = _StreamParts(
+      train_labels=source.train.labels, eval_labels=source.eval.labels,
+      train_lookup=train_lookup, eval_lookup=eval_lookup,
+      labelled_views=cfg["labelled_views"], unlabelled_views=cfg["unlabelled_views"],
+      eval_view=cfg["eval_view"], image_size=image_size, seed=int(seed),
+      process_index=process_index, process_count=process_count, options=options,
+      prefetch=int(cfg["prefetch"]) if cfg["prefetch"] else tf.data.AUTOTUNE)
+  return Input(
+      info=info, labelled_ids=labelled_ids, unlabelled_ids=unlabelled_ids,
+      local_batch_size=batch_size // process_count,
+      local_unlabelled_batch_size=unlabelled_batch // process_count,
+      local_eval_batch_size=eval_batch_size // process_count,
+      num_eval_batches=-(-len(source.eval) // eval_batch_size),
+      start_step=int(start_step), _parts=parts)
+
+
+def _as_dict(value: Any) -> Any:
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _merged_config(data_config: Mapping | ml_collections.ConfigDict) -> dict[str, Any]:
+  """Config as plain dicts, missing keys filled from the defaults."""
+  given = dict(_as_dict(data_config))
+  unknown = sorted(set(given) - set(_DEFAULTS))
+  if unknown:
+    raise ValueError(f"Unknown config.data keys {unknown}; known keys: "
+                     f"{sorted(_DEFAULTS)}.")
+  cfg = dict(_DEFAULTS)
+  cfg.update(given)
+  for key in ("labelled_views", "unlabelled_views"):
+    cfg[key] = {name: dict(_as_dict(spec)) for name, spec in (cfg[key] or {}).items()}
+  cfg["eval_view"] = dict(_as_dict(cfg["eval_view"]))
+  return cfg
+
+
+def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
+                     eval_batch_size: int, process_index: int, process_count: int,
+                     start_step: int) -> int:
+  """Checks everything knowable before loading data; returns the global mu*B."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count="
+                     f"{process_count}).")
+  unlabelled_batch = mu * batch_size if cfg["unlabelled_views"] else 0
+  if unlabelled_batch != int(unlabelled_batch):
+    raise ValueError(f"mu * batch_size = {mu} * {batch_size} is not an integer; "
+                     "change mu or batch_size.")
+  unlabelled_batch = int(unlabelled_batch)
+  if cfg["unlabelled_views"] and unlabelled_batch < 1:
+    raise ValueError(f"data.unlabelled_views is set but mu={mu}; set mu > 0 or "
+                     "remove the unlabelled views.")
+  for name, value in (("batch_size", batch_size), ("mu * batch_size", unlabelled_batch),
+                      ("eval_batch_size", eval_batch_size)):
+    if value % process_count or (value < 1 and name != "mu * batch_size"):
+      raise ValueError(f"{name}={value} must be a positive multiple of the process "
+                       f"count {process_count}; change it.")
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} must be >= 0.")
+  chosen = [k for k in ("label_fraction", "labels_per_class", "labelled_ids_file")
+            if cfg[k] is not None]
+  if len(chosen) != 1:
+    raise ValueError(
+        f"Set exactly one of data.label_fraction, data.labels_per_class and "
+        f"data.labelled_ids_file (set: {chosen or 'none'}); set the others to None.")
+  fraction = cfg["label_fraction"]
+  if fraction is not None and not 0.0 < fraction <= 1.0:
+    raise ValueError(f"data.label_fraction={fraction} is outside (0, 1]; use e.g. "
+                     "0.01 for 1% labels.")
+  if not cfg["labelled_views"] and not cfg["unlabelled_views"]:
+    raise ValueError("data.labelled_views and data.unlabelled_views are both empty; "
+                     "name at least one view, e.g. {'image': {'name': 'crop_flip'}}.")
+  if not isinstance(cfg["image_size"], int) or cfg["image_size"] < 1:
+    raise ValueError(f"data.image_size={cfg['image_size']!r} must be a positive int.")
+  if cfg["num_channels"] not in (None, 1, 3):
+    raise ValueError(f"data.num_channels={cfg['num_channels']!r}; use None, 1 or 3.")
+  for key in ("labelled_views", "unlabelled_views"):
+    for name, spec in cfg[key].items():
+      augment.check_view_spec(spec, where=f"data.{key}[{name!r}]")
+  augment.check_view_spec(cfg["eval_view"], where="data.eval_view")
+  return unlabelled_batch
+
+
+def _labelled_ids(cfg: dict[str, Any], train: sources.SplitExamples) -> np.ndarray:
+  if cfg["labelled_ids_file"] is not None:
+    return splits.read_labelled_ids(cfg["labelled_ids_file"], num_examples=len(train),
+                                    names=train.names)
+  return splits.choose_labelled_ids(
+      labels=train.labels, seed=int(cfg["split_seed"]),
+      label_fraction=cfg["label_fraction"], labels_per_class=cfg["labels_per_class"])
+
+
+def _normalisation(cfg: dict[str, Any], *, channels: int, lookup: streams.ImageLookup,
+                   num_train: int, options: tf.data.Options
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel (mean, std): given, known for the dataset, or computed."""
+  given = {}
+  for key in ("mean", "std"):
+    value = cfg[key]
+    if value is None:
+      continue
+    value = tuple(float(v) for v in np.atleast_1d(np.asarray(value, np.float64)))
+    if len(value) == 1:
+      value *= channels
+    if len(value) != channels or (key == "std" and min(value) <= 0):
+      raise ValueError(f"data.{key}={cfg[key]!r} must be one value or {channels} "
+                       f"(positive for std) values, one per channel.")
+    given[key] = value
+  if len(given) < 2:
+    known = _KNOWN_NORMALISATION.get(cfg["dataset"].split("/")[0].split(":")[0]
+                                     .removesuffix("_subset"))
+    if known and channels == 3:
+      mean, std = known
+    else:
+      sample = np.unique(np.linspace(0, num_train - 1,
+                                     min(num_train, int(cfg["stats_sample_size"])))
+                         .round().astype(np.int64))
+      mean, std = streams.channel_statistics(lookup=lookup, ids=sample, options=options)
+      std = tuple(s if s > 1e-6 else 1.0 for s in std)  # constant images
+    given.setdefault("mean", tuple(mean))
+    given.setdefault("std", tuple(std))
+  return given["mean"], given["std"]
+
+
+def _dry_run_views(cfg: dict[str, Any], *, lookup: streams.ImageLookup,
+                   image_size: int) -> None:
+  """Runs every view once on example 0 so bad parameters fail before training."""
+  image = lookup(tf.constant(0, tf.int64))
+  seed = tf.constant([0, 0], tf.int64)
+  named = [(f"data.{key}[{name!r}]", spec) for key in ("labelled_views", "unlabelled_views")
+           for name, spec in cfg[key].items()] + [("data.eval_view", cfg["eval_view"])]
+  for where, spec in named:
+    try:
+      augment.apply_view(image, spec=spec, seed=seed, image_size=image_size)
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+      message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+      raise ValueError(f"{where}={spec}: {message}") from error

@@ -1,0 +1,278 @@
+"""Image sources by name: built-in Fashion-MNIST, image folders, and any TFDS dataset.
+
+Every source is read once into memory as a `SourceData`: per split, the labels and
+either fixed-size uint8 pixels or encoded PNG/JPEG bytes, with example id = row index.
+All sources then go through the same tf.data stream code (`semissl.data.streams`),
+which looks examples up by id; that makes shuffling, process sharding and exact resume
+index arithmetic, independent of the source.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from semissl.data import idx_files
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_TFDS_READ_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitExamples:
+  """One split in memory; the id of an example is its row index.
+
+  Attributes:
+    labels: int64 [N].
+    pixels: uint8 [N, H, W, C] for fixed-size sources, else None.
+    encoded: object [N] of PNG/JPEG bytes for variable-size sources, else None.
+    names: per-example names (relative file names) used by id files, or None.
+  """
+  labels: np.ndarray
+  pixels: np.ndarray | None = None
+  encoded: np.ndarray | None = None
+  names: tuple[str, ...] | None = None
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceData:
+  """A loaded source: train and eval splits plus what is known about them."""
+  train: SplitExamples
+  eval: SplitExamples
+  num_classes: int
+  channels: int  # native channels of the stored images (1 or 3)
+  class_names: tuple[str, ...] | None = None
+
+
+SourceLoader = Callable[..., SourceData]
+_SOURCES: dict[str, SourceLoader] = {}
+
+
+def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
+  """Registers `loader(*, argument, data_dir, train_split, eval_split) -> SourceData`.
+
+  `data.dataset = '<name>'` or `'<name>:<argument>'` selects it.
+  """
+  def decorator(loader: SourceLoader) -> SourceLoader:
+    _SOURCES[name] = loader
+    return loader
+  return decorator
+
+
+def known_sources() -> tuple[str, ...]:
+  return tuple(sorted(_SOURCES))
+
+
+def load_source(dataset: str, *, data_dir: str | None, train_split: str,
+                eval_split: str) -> SourceData:
+  """Loads `dataset`: a registered name, `name:argument`, or any TFDS name."""
+  name, sep, argument = dataset.partition(":")
+  if name in _SOURCES:
+    return _SOURCES[name](argument=argument if sep else None, data_dir=data_dir,
+                          train_split=train_split, eval_split=eval_split)
+  return load_tfds(dataset, data_dir=data_dir, train_split=train_split,
+                   eval_split=eval_split)
+
+
+@register_source("fashion_mnist")
+def load_fashion_mnist(*, argument: str | None, data_dir: str | None,
+                       train_split: str, eval_split: str) -> SourceData:
+  """Fashion-MNIST: IDX files in data_dir, then the default dir, then TFDS."""
+  del argument
+  if data_dir and not os.path.isdir(data_dir):
+    raise ValueError(f"data.data_dir={data_dir} does not exist; create it or set "
+                     "data.data_dir=None to use the installed dataset.")
+  for directory in (data_dir, idx_files.DEFAULT_FASHION_MNIST_DIR):
+    if idx_files.has_fashion_mnist_files(directory):
+      arrays = idx_files.load_fashion_mnist_arrays(directory)
+      splits = {}
+      for role, split in (("train", train_split), ("eval", eval_split)):
+        if split not in arrays:
+          raise ValueError(f"Fashion-MNIST (IDX files) has splits {sorted(arrays)}, "
+                           f"not {split!r}; fix data.{role}_split.")
+        splits[role] = SplitExamples(labels=arrays[split]["label"],
+                                     pixels=arrays[split]["image"])
+      return SourceData(train=splits["train"], eval=splits["eval"], num_classes=10,
+                        channels=1, class_names=idx_files.FASHION_MNIST_CLASS_NAMES)
+  try:
+    return load_tfds("fashion_mnist", data_dir=data_dir, train_split=train_split,
+                     eval_split=eval_split)
+  except ValueError as error:
+    where = f"{data_dir} or " if data_dir else ""
+    raise ValueError(
+        f"Fashion-MNIST not found (no IDX files in {where}"
+        f"{idx_files.DEFAULT_FASHION_MNIST_DIR}, no prepared TFDS copy): run "
+        "`apt-get install dataset-fashion-mnist` or set data.data_dir.") from error
+
+
+@register_source("folder")
+def load_folder(*, argument: str | None, data_dir: str | None, train_split: str,
+                eval_split: str) -> SourceData:
+  """Image folders `root/<split>/<class>/*.png|jpg|jpeg` (any size, gray or RGB).
+
+  Class names are the sorted class directories of the train split (label = rank);
+  example ids index the split's files sorted by `<class>/<file>`. Every image is
+  decoded once here so that an unreadable file fails before training.
+  """
+  del data_dir
+  root = argument
+  if not root:
+    raise ValueError("data.dataset='folder:' needs a root: 'folder:/path/to/root'.")
+  if not os.path.isdir(root):
+    raise ValueError(f"Image folder root {root} does not exist; fix data.dataset.")
+  train_dir = _split_dir(root, train_split, role="train")
+  class_names = tuple(sorted(
+      d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d))))
+  if not class_names:
+    raise ValueError(f"{train_dir} has no class directories; lay images out as "
+                     f"{train_dir}/<class>/<image>.png.")
+  splits = {"train": _read_folder_split(train_dir, class_names)}
+  splits["eval"] = _read_folder_split(_split_dir(root, eval_split, role="eval"),
+                                      class_names)
+  channels = max(_check_decodable(splits["train"], train_dir),
+                 _check_decodable(splits["eval"], os.path.join(root, eval_split)))
+  return SourceData(train=splits["train"], eval=splits["eval"],
+                    num_classes=len(class_names), channels=channels,
+                    class_names=class_names)
+
+
+def _split_dir(root: str, split: str, *, role: str) -> str:
+  path = os.path.join(root, split)
+  if not os.path.isdir(path):
+    available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    raise ValueError(f"Split directory {path} does not exist (found {available}); "
+                     f"fix data.{role}_split.")
+  return path
+
+
+def _read_folder_split(split_dir: str, class_names: tuple[str, ...]) -> SplitExamples:
+  """Reads the bytes of every image of one split directory."""
+  unknown = sorted(set(
+      d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+  ) - set(class_names))
+  if unknown:
+    raise ValueError(f"{split_dir} has class directories {unknown} that the train "
+                     "split lacks; add them to the train split or remove them.")
+  names = []
+  for class_name in class_names:
+    class_dir = os.path.join(split_dir, class_name)
+    if os.path.isdir(class_dir):
+      names.extend(
+          f"{class_name}/{f}" for f in os.listdir(class_dir)
+          if f.lower().endswith(IMAGE_EXTENSIONS)
+          and os.path.isfile(os.path.join(class_dir, f)))
+  names.sort()
+  if not names:
+    raise ValueError(f"{split_dir} holds no .png/.jpg/.jpeg images.")
+  label_of = {name: i for i, name in enumerate(class_names)}
+  labels = np.array([label_of[n.split("/", 1)[0]] for n in names], np.int64)
+  encoded = np.empty(len(names), dtype=object)
+  for i, name in enumerate(names):
+    with open(os.path.join(split_dir, name), "rb") as f:
+      encoded[i] = f.read()
+  return SplitExamples(labels=labels, encoded=encoded, names=tuple(names))
+
+
+def _check_decodable(split: SplitExamples, split_dir: str) -> int:
+  """Decodes every image (tf.data, parallel); returns 3 if any has colour, else 1."""
+  def decode(index, data):
+    image = tf.io.decode_image(data, expand_animations=False)
+    return index, tf.shape(image)[-1]
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (np.arange(len(split), dtype=np.int64), tf.constant(split.encoded, tf.string)))
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  decoded = dict(dataset.as_numpy_iterator())
+  if len(decoded) != len(split):
+    bad = next(i for i in range(len(split)) if i not in decoded)
+    raise ValueError(f"Cannot decode image {os.path.join(split_dir, split.names[bad])}; "
+                     "replace or delete it.")
+  return 3 if max(decoded.values()) >= 3 else 1
+
+
+def load_tfds(name: str, *, data_dir: str | None, train_split: str,
+              eval_split: str) -> SourceData:
+  """Any TFDS image classification dataset, read unshuffled (id = read order).
+
+  Images of a fixed-shape feature are decoded to pixels; variable-size images are
+  kept encoded and decoded in the stream. Everything is held in memory, which suits
+  datasets up to ~ a few GB of encoded images.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if data_dir and not os.path.isdir(data_dir):
+    raise ValueError(f"data.data_dir={data_dir} does not exist; fix it or set None.")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (ValueError, AssertionError) as error:  # DatasetNotFoundError, bad names
+    detail = "" if isinstance(error, tfds.core.registered.DatasetNotFoundError) else (
+        f" ({_first_line(error)})")
+    raise ValueError(
+        f"Unknown dataset {name!r}{detail}: use one of {list(known_sources())} "
+        "(folder:<root>) or a TFDS name such as 'cifar10'.") from error
+  features = builder.info.features
+  keys = builder.info.supervised_keys
+  image_key, label_key = keys if isinstance(keys, tuple) and len(keys) == 2 else (
+      "image", "label")
+  if image_key not in features or label_key not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no ({image_key!r}, {label_key!r}) "
+                     "features; only image classification datasets are supported.")
+  image_shape = tuple(features[image_key].shape)
+  fixed_size = all(d is not None for d in image_shape)
+  channels = image_shape[-1] or 3
+  label_feature = features[label_key]
+  splits = {}
+  for role, split in (("train", train_split), ("eval", eval_split)):
+    splits[role] = _read_tfds_split(
+        builder, name=name, split=split, role=role, image_key=image_key,
+        label_key=label_key, fixed_size=fixed_size,
+        name_key="file_name" if "file_name" in features else None)
+  class_names = tuple(getattr(label_feature, "names", None) or ()) or None
+  num_classes = getattr(label_feature, "num_classes", None) or int(
+      splits["train"].labels.max() + 1)
+  return SourceData(train=splits["train"], eval=splits["eval"],
+                    num_classes=num_classes, channels=channels,
+                    class_names=class_names)
+
+
+def _read_tfds_split(builder, *, name: str, split: str, role: str, image_key: str,
+                     label_key: str, fixed_size: bool,
+                     name_key: str | None) -> SplitExamples:
+  """Reads a TFDS split in its deterministic unshuffled order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  decoders = None if fixed_size else {image_key: tfds.decode.SkipDecoding()}
+  try:
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=False, decoders=decoders,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  except (AssertionError, ValueError, KeyError) as error:
+    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{role}_split or "
+                     f"prepare it with `tfds build {name}`): {_first_line(error)}"
+                     ) from error
+  keys = [image_key, label_key] + ([name_key] if name_key else [])
+  dataset = dataset.map(lambda ex: {k: ex[k] for k in keys}).batch(_TFDS_READ_BATCH)
+  chunks = {k: [] for k in keys}
+  for batch in dataset.as_numpy_iterator():
+    for k in keys:
+      chunks[k].append(batch[k])
+  if not chunks[label_key]:
+    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{role}_split.")
+  arrays = {k: np.concatenate(v) for k, v in chunks.items()}
+  names = None
+  if name_key:
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in arrays[name_key])
+  images = arrays[image_key]
+  return SplitExamples(
+      labels=arrays[label_key].astype(np.int64),
+      pixels=images if fixed_size else None,
+      encoded=None if fixed_size else images.astype(object),
+      names=names)
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__

@@ -1,0 +1,132 @@
+"""Labelled / unlabelled splits of the training set (NumPy only, no TensorFlow).
+
+The labelled subset is chosen per class (stratified) with a seeded generator, so it is
+the same in every run and whatever the number of processes. SimCLR's 1%/10% ImageNet
+subsets (SimCLRv2 §3, `1percent.txt`) are given as id files instead; see
+`read_labelled_ids`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+import os
+
+from etils import epath
+import numpy as np
+
+LABELLED_IDS_FILENAME = "labelled_ids.txt"
+
+
+def labelled_count(*, label_fraction: float, class_size: int) -> int:
+  """Labelled examples kept from a class of `class_size`: round-half-up, at least 1."""
+  return min(class_size, max(1, math.floor(label_fraction * class_size + 0.5)))
+
+
+def choose_labelled_ids(*, labels: np.ndarray, seed: int,
+                        label_fraction: float | None = None,
+                        labels_per_class: int | None = None) -> np.ndarray:
+  """Chooses a stratified, seeded labelled subset.
+
+  Exactly one of `label_fraction` (0 < f <= 1: per class `labelled_count(f, n_c)`)
+  and `labels_per_class` (the same count in every class) must be given. Each class
+  draws from its own generator seeded by (seed, class), so classes are independent.
+
+  Args:
+    labels: int [N] labels of the training split; example id = index.
+    seed: split seed.
+    label_fraction: fraction of each class to label.
+    labels_per_class: number of labelled examples per class.
+
+  Returns:
+    Sorted int64 ids of the labelled examples.
+  """
+  if (label_fraction is None) == (labels_per_class is None):
+    raise ValueError("Set exactly one of label_fraction and labels_per_class.")
+  labels = np.asarray(labels)
+  classes, class_sizes = np.unique(labels, return_counts=True)
+  if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
+    raise ValueError(
+        f"data.label_fraction={label_fraction} is outside (0, 1]; choose a fraction "
+        "such as 0.01 or 0.1.")
+  if labels_per_class is not None:
+    smallest = int(np.argmin(class_sizes))
+    if labels_per_class < 1 or labels_per_class > class_sizes[smallest]:
+      raise ValueError(
+          f"data.labels_per_class={labels_per_class} must be in [1, "
+          f"{class_sizes[smallest]}] (class {classes[smallest]} has only "
+          f"{class_sizes[smallest]} examples); lower it.")
+  chosen = []
+  for label, size in zip(classes, class_sizes):
+    class_ids = np.flatnonzero(labels == label)
+    if labels_per_class is not None:
+      count = labels_per_class
+    else:
+      count = labelled_count(label_fraction=label_fraction, class_size=int(size))
+    rng = np.random.default_rng([int(seed) % 2**63, int(label) % 2**63])
+    chosen.append(rng.permutation(class_ids)[:count])
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def unlabelled_ids(*, num_examples: int, labelled_ids: np.ndarray,
+                   include_labelled: bool) -> np.ndarray:
+  """Ids of the unlabelled stream: all examples, or those not labelled."""
+  all_ids = np.arange(num_examples, dtype=np.int64)
+  if include_labelled:
+    return all_ids
+  return np.setdiff1d(all_ids, labelled_ids).astype(np.int64)
+
+
+def parse_labelled_ids(lines: Sequence[str], *, num_examples: int,
+                       names: Sequence[str] | None = None,
+                       source: str = "labelled ids file") -> np.ndarray:
+  """Turns id-file lines into sorted, unique example ids.
+
+  A line is an integer example id, or a file name (SimCLR `1percent.txt` style)
+  matched against `names` by full relative name or by base name. Blank lines and
+  lines starting with '#' are skipped.
+
+  Raises:
+    ValueError: a line names no example (the message lists the first few).
+  """
+  entries = [line.strip() for line in lines]
+  entries = [e for e in entries if e and not e.startswith("#")]
+  if not entries:
+    raise ValueError(f"{source} lists no ids; write one id per line.")
+  name_to_id = {}
+  if names is not None:
+    for i, name in enumerate(names):
+      name_to_id.setdefault(name, i)
+    for i, name in enumerate(names):
+      name_to_id.setdefault(os.path.basename(name), i)
+  ids, unknown = [], []
+  for entry in entries:
+    try:
+      example_id = int(entry)
+    except ValueError:
+      example_id = name_to_id.get(entry, name_to_id.get(os.path.basename(entry), -1))
+    if 0 <= example_id < num_examples:
+      ids.append(example_id)
+    else:
+      unknown.append(entry)
+  if unknown:
+    raise ValueError(
+        f"{source} has {len(unknown)} unknown ids (e.g. {unknown[:3]}); ids must be "
+        f"integers in [0, {num_examples}) or file names of the training split.")
+  return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def read_labelled_ids(path: str, *, num_examples: int,
+                      names: Sequence[str] | None = None) -> np.ndarray:
+  """Reads a labelled-ids file (one id or file name per line); see `parse_labelled_ids`."""
+  file_path = epath.Path(path)
+  if not file_path.exists():
+    raise ValueError(f"data.labelled_ids_file={path} does not exist; fix the path.")
+  return parse_labelled_ids(file_path.read_text().splitlines(),
+                            num_examples=num_examples, names=names, source=str(path))
+
+
+def write_labelled_ids(path: str, ids: np.ndarray) -> None:
+  """Writes one integer id per line (readable by `read_labelled_ids`)."""
+  file_path = epath.Path(path)
+  file_path.parent.mkdir(parents=True, exist_ok=True)
+  file_path.write_text("".join(f"{int(i)}\n" for i in ids))

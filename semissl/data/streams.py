@@ -1,0 +1,168 @@
+"""tf.data streams: index arithmetic -> example lookup -> augmented views -> batches.
+
+A stream is a sequence of global positions p = 0, 1, 2, ...; global step s covers
+positions [s*B, (s+1)*B) and process i of P takes its contiguous slice
+[s*B + i*b, s*B + (i+1)*b), b = B/P, so the global batches do not depend on P.
+Position p shows example `ids[index_shuffle(p mod n, seed(stream, epoch = p div n))]`,
+a fresh stateless permutation per epoch, and its views are augmented with seeds
+folded from (seed, stream, p, view name). Resuming at step k therefore only starts
+the position counter at k*b: nothing before it is decoded or augmented.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from semissl.data import augment
+from semissl.data import sources
+
+LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
+_PERMUTATION, _AUGMENTATION = 0, 1
+
+ImageLookup = Callable[[tf.Tensor], tf.Tensor]
+ViewsFn = Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+
+
+def make_image_lookup(split: sources.SplitExamples, *, source_channels: int,
+                      channels: int) -> ImageLookup:
+  """Returns `lookup(example_id) -> uint8 [h, w, channels]` over an in-memory split."""
+  if split.pixels is not None:
+    pixels = tf.constant(split.pixels)
+
+    def lookup_pixels(example_id):
+      return augment.convert_channels(tf.gather(pixels, example_id), channels=channels)
+    return lookup_pixels
+  encoded = tf.constant(split.encoded, dtype=tf.string)
+
+  def lookup_encoded(example_id):
+    image = tf.io.decode_image(tf.gather(encoded, example_id),
+                               channels=source_channels, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, source_channels])
+    return augment.convert_channels(image, channels=channels)
+  return lookup_encoded
+
+
+def view_name_key(name: str) -> int:
+  """Stable integer folded into the seed of view `name` (crc32)."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def make_views_fn(views: Mapping[str, Mapping], *, image_size: int,
+                  mean: Sequence[float], std: Sequence[float]) -> ViewsFn:
+  """Returns `fn(image, seed) -> {view: normalised float32 [S, S, C]}`."""
+  def views_fn(image, seed):
+    out = {}
+    for name, spec in views.items():
+      view_seed = tf.random.experimental.stateless_fold_in(seed, view_name_key(name))
+      view = augment.apply_view(image, spec=spec, seed=view_seed, image_size=image_size)
+      out[name] = augment.normalise(view, mean=mean, std=std)
+    return out
+  return views_fn
+
+
+def global_position(local_index: tf.Tensor, *, local_batch: int, global_batch: int,
+                    process_index: int) -> tf.Tensor:
+  """Global stream position of this process's `local_index`-th example."""
+  step = local_index // local_batch
+  return step * global_batch + process_index * local_batch + local_index % local_batch
+
+
+def example_stream(*, ids: np.ndarray, labels: np.ndarray, lookup: ImageLookup,
+                   views_fn: ViewsFn, global_batch: int, local_batch: int,
+                   process_index: int, seed: int, stream_id: int, start_step: int,
+                   label_key: str) -> tf.data.Dataset:
+  """Infinite stream of this process's batches `{'images', label_key, 'id', 'index'}`.
+
+  Args:
+    ids: int64 example ids the stream cycles through (one permutation per epoch).
+    labels: int64 labels of the whole split, indexed by example id.
+    lookup: example id -> uint8 image.
+    views_fn: (image, seed) -> named normalised views.
+    global_batch: B (all processes).
+    local_batch: b = B / process_count.
+    process_index: which contiguous slice of each global batch to take.
+    seed: experiment seed.
+    stream_id: LABELLED_STREAM or UNLABELLED_STREAM (independent randomness).
+    start_step: first global step to produce.
+    label_key: 'label' (labelled) or 'true_label' (hidden, unlabelled stream).
+  """
+  num_ids = len(ids)
+  ids_tensor = tf.constant(ids, tf.int64)
+  labels_tensor = tf.constant(labels, tf.int64)
+  base_seed = tf.constant([int(seed) % 2**63, stream_id], tf.int64)
+  fold_in = tf.random.experimental.stateless_fold_in
+  permutation_seed = fold_in(base_seed, _PERMUTATION)
+  augmentation_seed = fold_in(base_seed, _AUGMENTATION)
+
+  def element(local_index):
+    position = global_position(local_index, local_batch=local_batch,
+                               global_batch=global_batch, process_index=process_index)
+    epoch_seed = fold_in(permutation_seed, position // num_ids)
+    slot = tf.random.experimental.index_shuffle(
+        position % num_ids, epoch_seed, tf.constant(num_ids - 1, tf.int64))
+    example_id = tf.gather(ids_tensor, slot)
+    return {
+        "images": views_fn(lookup(example_id), fold_in(augmentation_seed, position)),
+        label_key: tf.cast(tf.gather(labels_tensor, example_id), tf.int32),
+        "id": example_id,
+        # Position of the example in `ids` (labelled stream: its memory-bank slot).
+        "index": tf.cast(slot, tf.int32),
+    }
+
+  dataset = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)
+  dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  return dataset.batch(local_batch, drop_remainder=True)
+
+
+def eval_stream(*, labels: np.ndarray, lookup: ImageLookup, views_fn: ViewsFn,
+                global_batch: int, local_batch: int,
+                process_index: int) -> tf.data.Dataset:
+  """Finite eval batches `{'images', 'label', 'id', 'mask'}`, padded to full size.
+
+  Every process yields ceil(N / global_batch) batches; positions past the end are
+  padding with mask 0, label -1 and id -1 (their images repeat the last example).
+  """
+  num_examples = len(labels)
+  num_batches = -(-num_examples // global_batch)
+  labels_tensor = tf.constant(labels, tf.int64)
+  unused_seed = tf.constant([0, 0], tf.int64)
+
+  def element(local_index):
+    position = global_position(local_index, local_batch=local_batch,
+                               global_batch=global_batch, process_index=process_index)
+    valid = position < num_examples
+    example_id = tf.minimum(position, num_examples - 1)
+    return {
+        "images": views_fn(lookup(example_id), unused_seed),
+        "label": tf.where(valid, tf.cast(tf.gather(labels_tensor, example_id), tf.int32),
+                          -1),
+        "id": tf.where(valid, example_id, tf.constant(-1, tf.int64)),
+        "mask": tf.cast(valid, tf.float32),
+    }
+
+  dataset = tf.data.Dataset.range(num_batches * local_batch)
+  dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  return dataset.batch(local_batch, drop_remainder=True)
+
+
+def channel_statistics(*, lookup: ImageLookup, ids: np.ndarray,
+                       options: tf.data.Options) -> tuple[tuple[float, ...], ...]:
+  """Per-channel mean and std of pixel values / 255 over the images `ids` (float64)."""
+  def moments(example_id):
+    image = tf.cast(lookup(example_id), tf.float64) / 255.0
+    flat = tf.reshape(image, [-1, tf.shape(image)[-1]])
+    return (tf.reduce_sum(flat, 0), tf.reduce_sum(tf.square(flat), 0),
+            tf.cast(tf.shape(flat)[0], tf.float64))
+  dataset = tf.data.Dataset.from_tensor_slices(np.asarray(ids, np.int64))
+  dataset = dataset.map(moments, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+  total, total_sq, count = 0.0, 0.0, 0.0
+  for sums, sums_sq, n in dataset.batch(256).as_numpy_iterator():
+    total, total_sq, count = total + sums.sum(0), total_sq + sums_sq.sum(0), count + n.sum()
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)

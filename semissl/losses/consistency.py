@@ -1,0 +1,209 @@
+"""Classic consistency losses (survey): Pi-model, temporal ensembling, Mean Teacher,
+ICT, UDA, VAT, entropy minimisation, sharpening.
+
+Targets (teacher outputs, the other pass, the clean prediction) are always under
+`jax.lax.stop_gradient`; gradients flow into the student side only.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from semissl.losses import fixmatch
+
+
+def sharpen(*, probs: jax.Array, temperature: float) -> jax.Array:
+  """Sharpen(p, T)_c = p_c^(1/T) / sum_c' p_c'^(1/T) (MixMatch, UDA; survey).
+
+  Computed as softmax(log p / T); zero probabilities stay exactly zero (an all-zero
+  row, not a distribution, gives the uniform one instead of NaN).
+  """
+  positive = probs > 0
+  log_probs = jnp.where(positive, jnp.log(jnp.where(positive, probs, 1.0)),
+                        -jnp.inf)
+  log_probs = jnp.where(jnp.any(positive, axis=-1, keepdims=True), log_probs, 0.0)
+  return jax.nn.softmax(log_probs / temperature, axis=-1)
+
+
+def entropy_minimization(*, logits: jax.Array,
+                         reduction: str = "mean") -> jax.Array:
+  """Entropy minimisation (Grandvalet & Bengio 2004; survey): H(softmax(logits))."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  per_example = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+
+
+def softmax_mse_consistency(*, logits: jax.Array, target_logits: jax.Array,
+                            reduction: str = "mean") -> jax.Array:
+  """1/C ||softmax(logits) - sg(softmax(target_logits))||^2 per example (survey MSE)."""
+  target = jax.nn.softmax(jax.lax.stop_gradient(target_logits), axis=-1)
+  per_example = jnp.mean(jnp.square(jax.nn.softmax(logits, axis=-1) - target),
+                         axis=-1)
+  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+
+
+def pi_model_loss(*, logits: jax.Array, other_logits: jax.Array,
+                  reduction: str = "mean") -> jax.Array:
+  """Pi-model (Laine & Aila 2017; survey L_u^Pi): MSE between the softmaxes of two
+  stochastic passes of the same network; the other pass is the (sg) target."""
+  return softmax_mse_consistency(logits=logits, target_logits=other_logits,
+                                 reduction=reduction)
+
+
+def mean_teacher_loss(*, student_logits: jax.Array, teacher_logits: jax.Array,
+                      reduction: str = "mean") -> jax.Array:
+  """Mean Teacher (Tarvainen & Valpola 2017; survey): MSE to the EMA teacher's softmax.
+
+  The teacher params follow `semissl.losses.ema.ema_update`.
+  """
+  return softmax_mse_consistency(logits=student_logits,
+                                 target_logits=teacher_logits,
+                                 reduction=reduction)
+
+
+def temporal_ensemble_update(
+    *, accumulated: jax.Array, predictions: jax.Array, alpha: float,
+    num_updates: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Temporal ensembling (Laine & Aila 2017; survey), per-example prediction EMA.
+
+  Z <- alpha Z + (1 - alpha) z; target z~ = Z / (1 - alpha^t) (start-up bias
+  correction), t = number of updates including this one.
+
+  Args:
+    accumulated: Z, zeros initially (e.g. [num_examples, C] gathered by id).
+    predictions: z, the current predictions (stop-gradient applied).
+    alpha: ensemble momentum.
+    num_updates: t >= 1.
+
+  Returns:
+    (new Z, bias-corrected targets z~).
+  """
+  new = alpha * accumulated + (1.0 - alpha) * jax.lax.stop_gradient(predictions)
+  correction = 1.0 - jnp.power(alpha, jnp.asarray(num_updates, new.dtype))
+  return new, new / correction
+
+
+def interpolation_consistency_loss(
+    *, mixed_logits: jax.Array, teacher_logits: jax.Array,
+    permutation: jax.Array, mix_ratio: jax.Array,
+    reduction: str = "mean") -> jax.Array:
+  """ICT (Verma et al. 2019; survey): MSE between p_theta(mixup(u_i, u_j)) and
+  mixup(p_theta'(u_i), p_theta'(u_j)), teacher = EMA model, target under sg.
+
+  Args:
+    mixed_logits: [B, C] student logits on the mixed inputs.
+    teacher_logits: [B, C] teacher logits on the unmixed inputs.
+    permutation: [B] partner index j used to mix the inputs.
+    mix_ratio: lambda (scalar or [B]) used to mix the inputs.
+    reduction: see `fixmatch.reduce_loss`.
+  """
+  teacher = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
+  ratio = jnp.broadcast_to(jnp.asarray(mix_ratio, teacher.dtype),
+                           teacher.shape[:1])[:, None]
+  target = jax.lax.stop_gradient(ratio * teacher
+                                 + (1.0 - ratio) * teacher[permutation])
+  per_example = jnp.mean(
+      jnp.square(jax.nn.softmax(mixed_logits, axis=-1) - target), axis=-1)
+  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+
+
+def uda_loss(*, teacher_logits: jax.Array, student_logits: jax.Array,
+             threshold: float, temperature: float,
+             reduction: str = "mean") -> tuple[jax.Array, dict[str, Any]]:
+  """UDA (Xie et al. 2020; survey L_u^UDA).
+
+  1[max_y p_theta^(y|x) > tau] KL(softmax(z^/T) || p_theta(y|x_aug)), teacher = a
+  fixed (sg) copy; the mask uses the unsharpened confidence.
+
+  Args:
+    teacher_logits: [B, C] logits z^ of the original example (no gradient).
+    student_logits: [B, C] logits of the augmented example.
+    threshold: tau (strict `>`).
+    temperature: T of the sharpened target.
+    reduction: see `fixmatch.reduce_loss` ('mean' = 1/N; UDA's code divides by the
+      kept count, 'masked_mean').
+
+  Returns:
+    (loss, extras) with 'mask', 'mask_rate', 'confidences'.
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  confidences = jnp.max(jax.nn.softmax(teacher_logits, axis=-1), axis=-1)
+  mask = fixmatch.confidence_mask(confidences=confidences, threshold=threshold,
+                                  strict=True)
+  target = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+  per_example = fixmatch.kl_divergence_with_probs(logits=student_logits,
+                                                  target_probs=target)
+  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction,
+                              mask=mask)
+  return loss, {"mask": mask, "mask_rate": jnp.mean(mask),
+                "confidences": confidences}
+
+
+def _normalize_per_example(d: jax.Array) -> jax.Array:
+  """d / ||d||_2 per example (all non-batch axes), pre-scaled by max|d| for range."""
+  axes = tuple(range(1, d.ndim))
+  d = d / (1e-12 + jnp.max(jnp.abs(d), axis=axes, keepdims=True))
+  return d * jax.lax.rsqrt(1e-12 + jnp.sum(jnp.square(d), axis=axes,
+                                            keepdims=True))
+
+
+def vat_adversarial_direction(
+    *, apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+    logits: jax.Array, rng: jax.Array, xi: float, epsilon: float,
+    num_power_iterations: int = 1) -> jax.Array:
+  """VAT's r_vadv (Miyato et al. 2018; survey), by power iteration.
+
+  d_0 = normalize(jax.random.normal(rng, x.shape)); repeated
+  d <- normalize(grad_d KL(p(x) || p(x + xi d))), which approximates the top
+  eigenvector of the KL's Hessian at r = 0; r_vadv = epsilon d.
+
+  Args:
+    apply_fn: inputs [B, ...] -> logits [B, C] (params closed over).
+    x: [B, ...] inputs.
+    logits: [B, C] logits at x (the fixed target p_theta^; stop-gradient applied).
+    rng: PRNG key for d_0.
+    xi: finite-difference step of the power iteration.
+    epsilon: norm of the perturbation (per example).
+    num_power_iterations: number of power iterations (VAT uses 1).
+
+  Returns:
+    r_vadv [B, ...] under stop-gradient.
+  """
+  target = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+  x = jax.lax.stop_gradient(x)
+
+  def divergence(direction):
+    perturbed_logits = apply_fn(x + xi * direction)
+    return jnp.sum(fixmatch.kl_divergence_with_probs(logits=perturbed_logits,
+                                                     target_probs=target))
+
+  def power_iteration(_, direction):
+    return _normalize_per_example(jax.grad(divergence)(direction))
+
+  direction = _normalize_per_example(jax.random.normal(rng, x.shape, x.dtype))
+  direction = jax.lax.fori_loop(0, num_power_iterations, power_iteration,
+                                direction)
+  return jax.lax.stop_gradient(epsilon * direction)
+
+
+def vat_loss(*, apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+             logits: jax.Array, rng: jax.Array, xi: float, epsilon: float,
+             num_power_iterations: int = 1,
+             reduction: str = "mean") -> tuple[jax.Array, dict[str, Any]]:
+  """VAT loss (survey L_u^VAT): KL(p_theta^(y|x) || p_theta(y|x + r_vadv)).
+
+  Gradients flow through `apply_fn` at x + r_vadv only (the clean prediction and
+  r_vadv are constants). Arguments as `vat_adversarial_direction`.
+
+  Returns:
+    (loss, extras) with 'perturbation' r_vadv.
+  """
+  perturbation = vat_adversarial_direction(
+      apply_fn=apply_fn, x=x, logits=logits, rng=rng, xi=xi, epsilon=epsilon,
+      num_power_iterations=num_power_iterations)
+  target = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+  per_example = fixmatch.kl_divergence_with_probs(
+      logits=apply_fn(x + perturbation),
+      target_probs=target)
+  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return loss, {"perturbation": perturbation}

@@ -1,0 +1,212 @@
+"""Tests for semissl.losses.consistency (Pi, Mean Teacher, ICT, UDA, VAT, ...)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from semissl.losses import consistency
+
+
+def f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def rand(seed, shape, scale=1.0):
+  return np.random.default_rng(seed).normal(size=shape) * scale
+
+
+def np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def np_softmax(x):
+  return np.exp(np_log_softmax(x))
+
+
+def np_kl(target, logits):
+  log_t = np.log(np.where(target > 0, target, 1.0))
+  return (target * (log_t - np_log_softmax(logits))).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sharpen_matches_reference(temperature):
+  probs = np_softmax(rand(0, (4, 6)))
+  probs[0, 2] = 0.0
+  probs /= probs.sum(-1, keepdims=True)
+  powered = probs ** (1 / temperature)
+  want = powered / powered.sum(-1, keepdims=True)
+  got = consistency.sharpen(probs=f32(probs), temperature=temperature)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert float(got[0, 2]) == 0.0
+  grad = jax.grad(lambda p: jnp.sum(consistency.sharpen(
+      probs=p, temperature=temperature) * jnp.arange(6.0)))(f32(probs))
+  assert np.all(np.isfinite(grad))
+
+
+def test_entropy_minimization_value_and_gradient():
+  logits = rand(1, (5, 4), 2.0)
+  p = np_softmax(logits)
+  entropy = -(p * np.log(p)).sum(-1)
+  loss, grad = jax.value_and_grad(
+      lambda z: consistency.entropy_minimization(logits=z))(f32(logits))
+  np.testing.assert_allclose(loss, entropy.mean(), rtol=1e-5)
+  # dH/dz_k = -p_k (log p_k + H).
+  want = -p * (np.log(p) + entropy[:, None]) / 5
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_name", ["pi_model_loss", "mean_teacher_loss"])
+@pytest.mark.parametrize("shape", [(3, 4), (8, 10)])
+def test_softmax_mse_losses(loss_name, shape):
+  student, teacher = rand(2, shape, 2.0), rand(3, shape, 2.0)
+  fn = getattr(consistency, loss_name)
+  keys = (("logits", "other_logits") if loss_name == "pi_model_loss"
+          else ("student_logits", "teacher_logits"))
+  loss_fn = lambda s, t: fn(**{keys[0]: s, keys[1]: t})  # noqa: E731
+  loss = loss_fn(f32(student), f32(teacher))
+  p, t = np_softmax(student), np_softmax(teacher)
+  np.testing.assert_allclose(loss, np.mean((p - t) ** 2), rtol=1e-5)
+  grad_s, grad_t = jax.grad(loss_fn, argnums=(0, 1))(f32(student), f32(teacher))
+  np.testing.assert_array_equal(grad_t, 0.0)
+  # chain rule through the softmax Jacobian diag(p) - p p^T.
+  upstream = 2 * (p - t) / p.size
+  want = p * upstream - p * (p * upstream).sum(-1, keepdims=True)
+  np.testing.assert_allclose(grad_s, want, rtol=1e-4, atol=1e-8)
+
+
+def test_temporal_ensemble_update():
+  alpha, accumulated = 0.6, np.zeros((3, 4))
+  acc = f32(accumulated)
+  for step in range(1, 4):
+    predictions = np_softmax(rand(10 + step, (3, 4)))
+    accumulated = alpha * accumulated + (1 - alpha) * predictions
+    acc, targets = consistency.temporal_ensemble_update(
+        accumulated=acc, predictions=f32(predictions), alpha=alpha,
+        num_updates=step)
+    np.testing.assert_allclose(acc, accumulated, rtol=1e-5)
+    np.testing.assert_allclose(targets, accumulated / (1 - alpha ** step),
+                               rtol=1e-5)
+    if step == 1:  # bias correction: the first target is the prediction
+      np.testing.assert_allclose(targets, predictions, rtol=1e-5)
+
+
+def test_interpolation_consistency_loss():
+  mixed, teacher = rand(4, (6, 5)), rand(5, (6, 5))
+  perm = np.random.default_rng(6).permutation(6)
+  lam = 0.3
+  target = lam * np_softmax(teacher) + (1 - lam) * np_softmax(teacher)[perm]
+  want = np.mean((np_softmax(mixed) - target) ** 2)
+  fn = lambda m, t: consistency.interpolation_consistency_loss(  # noqa: E731
+      mixed_logits=m, teacher_logits=t, permutation=jnp.asarray(perm),
+      mix_ratio=lam)
+  np.testing.assert_allclose(fn(f32(mixed), f32(teacher)), want, rtol=1e-5)
+  np.testing.assert_array_equal(
+      jax.grad(fn, argnums=1)(f32(mixed), f32(teacher)), 0.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "masked_mean"])
+def test_uda_loss_matches_reference(reduction):
+  teacher, student = rand(7, (8, 5), 2.0), rand(8, (8, 5))
+  conf = np.sort(np_softmax(teacher).max(-1))
+  threshold = float(conf[3] + conf[4]) / 2
+  mask = np_softmax(teacher).max(-1) > threshold
+  per = np_kl(np_softmax(teacher / 0.4), student) * mask
+  want = per.mean() if reduction == "mean" else per.sum() / mask.sum()
+  fn = lambda t, s: consistency.uda_loss(  # noqa: E731
+      teacher_logits=t, student_logits=s, threshold=threshold, temperature=0.4,
+      reduction=reduction)
+  loss, extras = fn(f32(teacher), f32(student))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_array_equal(extras["mask"], mask)
+  np.testing.assert_array_equal(
+      jax.grad(lambda t: fn(t, f32(student))[0])(f32(teacher)), 0.0)
+
+
+def test_uda_all_masked_and_threshold_at_confidence():
+  teacher = jnp.zeros((4, 4))  # confidence exactly 0.25
+  student = f32(rand(9, (4, 4)))
+  for reduction in ("mean", "masked_mean"):
+    loss, grad = jax.value_and_grad(lambda s, r=reduction: consistency.uda_loss(
+        teacher_logits=teacher, student_logits=s, threshold=0.25,
+        temperature=0.5, reduction=r)[0])(student)
+    assert float(loss) == 0.0  # strict '>': confidence == tau is masked out
+    assert np.all(np.isfinite(grad)) and not np.any(grad)
+
+
+def linear_model(weights):
+  return lambda x: x @ weights
+
+
+def np_vat_direction(x, w, d0, xi, iterations):
+  """Power iteration with the exact gradient of KL(p || softmax((x + xi d) W))."""
+  p = np_softmax(x @ w)
+  d = d0 / np.linalg.norm(d0, axis=-1, keepdims=True)
+  for _ in range(iterations):
+    grad = (np_softmax((x + xi * d) @ w) - p) @ w.T
+    d = grad / np.linalg.norm(grad, axis=-1, keepdims=True)
+  return d
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_vat_direction_and_loss(iterations):
+  x, w = rand(10, (4, 6)), rand(11, (6, 3))
+  rng, xi, epsilon = jax.random.key(0), 1.0, 0.5
+  d0 = np.asarray(jax.random.normal(rng, x.shape, jnp.float32), np.float64)
+  apply_fn = linear_model(f32(w))
+  logits = apply_fn(f32(x))
+  r_adv = consistency.vat_adversarial_direction(
+      apply_fn=apply_fn, x=f32(x), logits=logits, rng=rng, xi=xi,
+      epsilon=epsilon, num_power_iterations=iterations)
+  want = epsilon * np_vat_direction(x, w, d0, xi, iterations)
+  np.testing.assert_allclose(r_adv, want, rtol=1e-4, atol=1e-6)
+
+  def loss_fn(weights, clean_logits):
+    return consistency.vat_loss(
+        apply_fn=linear_model(weights), x=f32(x), logits=clean_logits, rng=rng,
+        xi=xi, epsilon=epsilon, num_power_iterations=iterations)[0]
+
+  loss, (grad_w, grad_logits) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+      f32(w), logits)
+  p, adv = np_softmax(x @ w), x + want
+  np.testing.assert_allclose(loss, np_kl(p, adv @ w).mean(), rtol=1e-4)
+  np.testing.assert_array_equal(grad_logits, 0.0)  # the clean target is sg
+  # With r_vadv and p constant: dKL/dW = (x + r)^T (softmax((x + r) W) - p) / B.
+  np.testing.assert_allclose(grad_w, adv.T @ (np_softmax(adv @ w) - p) / 4,
+                             rtol=1e-3, atol=1e-6)
+
+
+def test_vat_power_iteration_finds_top_curvature_direction():
+  x, w = rand(12, (3, 4)), rand(13, (4, 3), 2.0)
+  r_adv = consistency.vat_adversarial_direction(
+      apply_fn=linear_model(f32(w)), x=f32(x), logits=f32(x @ w),
+      rng=jax.random.key(1), xi=1e-2, epsilon=1.0, num_power_iterations=40)
+  for i, p in enumerate(np_softmax(x @ w)):
+    hessian = w @ (np.diag(p) - np.outer(p, p)) @ w.T  # of the KL at r = 0
+    eigenvalues, eigenvectors = np.linalg.eigh(hessian)
+    assert eigenvalues[-1] > 1.5 * eigenvalues[-2]
+    np.testing.assert_allclose(abs(np.dot(r_adv[i], eigenvectors[:, -1])), 1.0,
+                               atol=1e-3)
+
+
+def test_sharded_equals_unsharded(mesh8):
+  x, w = f32(rand(14, (16, 6))), f32(rand(15, (6, 5)))
+  teacher, student = f32(rand(16, (16, 5), 2.0)), f32(rand(17, (16, 5)))
+
+  def fn(x, teacher, student):
+    uda, _ = consistency.uda_loss(teacher_logits=teacher, student_logits=student,
+                                  threshold=0.5, temperature=0.4)
+    vat, extras = consistency.vat_loss(
+        apply_fn=linear_model(w), x=x, logits=x @ w, rng=jax.random.key(2),
+        xi=1.0, epsilon=1.0)
+    mse = consistency.mean_teacher_loss(student_logits=student,
+                                        teacher_logits=teacher)
+    return uda, vat, mse, extras["perturbation"]
+
+  sharding = NamedSharding(mesh8, P("data"))
+  sharded = jax.jit(fn, in_shardings=(sharding,) * 3)(x, teacher, student)
+  unsharded = jax.jit(fn)(x, teacher, student)
+  for a, b in zip(sharded, unsharded):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
