@@ -29,6 +29,8 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]
   num_labelled: int
   num_unlabelled: int
+  steps_per_epoch: int = 1  # an epoch passes once over the unlabelled stream if any
+  total_steps: int = 1
 
 
 class StepAux(NamedTuple):
@@ -42,6 +44,9 @@ class Method:
   """Base class; subclasses register themselves with `register`."""
 
   name: str = ""
+  # False for pretraining methods with no classifier (SimCLR stage 1, SemPPL):
+  # their online evaluation uses `eval_features` with a k-NN monitor instead.
+  has_classifier: bool = True
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
     self.config = config
@@ -67,6 +72,10 @@ class Method:
     raise NotImplementedError
 
   def eval_logits(self, variables: PyTree, images: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def eval_features(self, variables: PyTree, images: jax.Array) -> jax.Array:
+    """Encoder features [B, D] for k-NN monitoring / linear evaluation."""
     raise NotImplementedError
 
   def state_sharding_rules(self) -> Sequence[tuple[str, Any]]:

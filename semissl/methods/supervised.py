@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import optax
 
 from semissl import models
-from semissl.methods import base
+from semissl.methods import base, networks
 
 
 def build_classifier(config, num_classes: int):
   """Backbone from `config.model` (name + kwargs) with a linear classifier."""
-  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  backbone = models.get_backbone(config.model.name, **kwargs)
-  return models.Classifier(backbone=backbone, num_classes=num_classes)
+  return models.Classifier(backbone=networks.build_backbone(config.model),
+                           num_classes=num_classes)
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:

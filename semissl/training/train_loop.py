@@ -25,9 +25,12 @@ from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
 
 
-def _dataset_info(info) -> methods.DatasetInfo:
+def _dataset_info(info, config) -> methods.DatasetInfo:
+  per_epoch = steps_per_epoch(config, info)
+  total_steps = int(config.get("num_train_steps") or round(config.num_epochs * per_epoch))
   return methods.DatasetInfo(num_classes=info.num_classes, image_shape=tuple(info.image_shape),
-                             num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled)
+                             num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
+                             steps_per_epoch=per_epoch, total_steps=total_steps)
 
 
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -99,12 +102,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_batch_size=config.eval_batch_size, seed=config.seed, workdir=workdir,
       process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step)
-  info = _dataset_info(data.info)
+  info = _dataset_info(data.info, config)
   method = methods.get_method(config.method.name)(config, info)
   method.validate()
-
-  per_epoch = steps_per_epoch(config, info)
-  total_steps = int(config.get("num_train_steps") or round(config.num_epochs * per_epoch))
+  per_epoch, total_steps = info.steps_per_epoch, info.total_steps
   lr_batch = int(config.optimizer.get("lr_batch_size", 0) or config.batch_size)
   optimizer, schedule = optimizers.make_optimizer(
       config.optimizer, batch_size=lr_batch, total_steps=total_steps,
