@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from semissl import models
@@ -98,3 +100,23 @@ def test_models_never_import_tensorflow():
       "for m in sys.modules), 'tensorflow imported'"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_resnet_stage_strides():
+  x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+  for strides in ((1, 2, 2), (2, 2, 2)):
+    model = models.get_backbone("tiny_resnet", stage_strides=strides)
+    features, _ = jax.eval_shape(
+        lambda x, m=model: m.init_with_output(
+            jax.random.key(0), x, train=False
+        ),
+        x,
+    )
+    assert features.shape == (2, 128)
+  with pytest.raises(ValueError, match="same length"):
+    jax.eval_shape(
+        lambda x: models.get_backbone("tiny_resnet", stage_strides=(1, 2)).init(
+            jax.random.key(0), x, train=False
+        ),
+        x,
+    )
