@@ -1,9 +1,14 @@
 """Metric logging through clu (TensorBoard + log) and ReportProgress.
 
+Every written scalar also goes, one JSON object per write, to
+`<workdir>/metrics.jsonl` (process 0), so plots and tables need no TensorBoard.
 clu's writers import TensorFlow, so they are imported lazily here: importing
 `semissl.training` stays TensorFlow-free.
 """
 from __future__ import annotations
+
+import json
+import os
 
 from typing import Any
 
@@ -24,6 +29,8 @@ class MetricLogger:
                                                     every_steps=log_every)
     self.log_every = max(int(log_every), 1)
     self.total_steps = total_steps
+    self._jsonl = (open(os.path.join(workdir, "metrics.jsonl"), "a")
+                   if jax.process_index() == 0 else None)
     self._pending: list[dict[str, Any]] = []
     self._last: dict[str, float] = {}
 
@@ -42,9 +49,14 @@ class MetricLogger:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     self.writer.write_scalars(step, scalars)
     self.writer.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
 
   def last_train_metrics(self) -> dict[str, float]:
     return dict(self._last)
 
   def close(self) -> None:
     self.writer.close()
+    if self._jsonl is not None:
+      self._jsonl.close()

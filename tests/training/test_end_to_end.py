@@ -31,6 +31,9 @@ def test_runs_and_writes_results(tmp_path):
   for key in ("eval_top1", "eval_top5", "eval_ema_top1", "eval_ema_top5"):
     assert 0.0 <= results[key] <= 1.0
   assert np.isfinite(results["train_loss"])
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in logged if "train_loss" in r] == [2, 4, 6]
+  assert logged[-1]["eval_top1"] == results["eval_top1"]
   ids = np.loadtxt(tmp_path / "labelled_ids.txt", dtype=np.int64)
   assert len(ids) == results["num_labelled"] == 600
 
