@@ -73,11 +73,13 @@ def synthetic_batch(config, num_classes: int):
     return {name: rs.normal(size=(n, size, size, channels)).astype(np.float32) for name in names}
   batch = {"labelled": {"images": views(config.data.labelled_views, config.batch_size),
                         "label": rs.randint(0, num_classes, config.batch_size).astype(np.int32),
-                        "id": np.arange(config.batch_size, dtype=np.int64)}}
+                        "id": np.arange(config.batch_size, dtype=np.int64),
+                        "index": np.arange(config.batch_size, dtype=np.int32)}}
   if config.get("mu", 0) and config.data.get("unlabelled_views"):
     n = int(config.mu * config.batch_size)
     batch["unlabelled"] = {"images": views(config.data.unlabelled_views, n),
                            "id": np.arange(n, dtype=np.int64),
+                           "index": np.arange(n, dtype=np.int32),
                            "true_label": rs.randint(0, num_classes, n).astype(np.int32)}
   return batch
 

@@ -23,21 +23,25 @@ SMALL_IMAGE_MAX = 64
 class Augmentation:
   fn: Callable[..., tf.Tensor]
   params: frozenset[str]
+  check: Callable[[Mapping], None] | None = None
 
 
 _AUGMENTATIONS: dict[str, Augmentation] = {}
 
 
-def register_augmentation(name: str, *, params: Sequence[str] = ()):
+def register_augmentation(name: str, *, params: Sequence[str] = (),
+                          check: Callable[[Mapping], None] | None = None):
   """Registers `fn(image, *, seed, spec, image_size) -> float32 [S, S, C]`.
 
   Args:
     name: the spec's 'name'.
     params: the spec keys `fn` reads, besides 'name' and 'size'; other keys are
       rejected by `check_view_spec`.
+    check: optional `check(spec)` raising a one-line ValueError for bad parameter
+      values; `check_view_spec` runs it (config-check time, before any data).
   """
   def decorator(fn):
-    _AUGMENTATIONS[name] = Augmentation(fn, frozenset(params) | {"name", "size"})
+    _AUGMENTATIONS[name] = Augmentation(fn, frozenset(params) | {"name", "size"}, check)
     return fn
   return decorator
 
@@ -59,6 +63,11 @@ def check_view_spec(spec: Mapping, *, where: str) -> None:
   size = spec.get("size")
   if size is not None and (not isinstance(size, int) or size < 1):
     raise ValueError(f"{where}: size={size!r} must be a positive integer.")
+  if _AUGMENTATIONS[name].check is not None:
+    try:
+      _AUGMENTATIONS[name].check(spec)
+    except ValueError as error:
+      raise ValueError(f"{where}: {error}") from None
 
 
 def view_size(spec: Mapping, *, image_size: int) -> int:
@@ -137,9 +146,10 @@ def _random_resized_crop(image: tf.Tensor, size: int, *,
       seed=seed, min_object_covered=0.0,
       aspect_ratio_range=tuple(aspect_ratio_range), area_range=tuple(area_range),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
+  channels = image.shape[-1]  # static; tf.slice with a dynamic size loses it
   image = tf.slice(image, begin, crop_shape)
   image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-  return tf.ensure_shape(image, [size, size, image.shape[-1]])
+  return tf.ensure_shape(image, [size, size, channels])
 
 
 @register_augmentation("identity", params=("crop_fraction",))
@@ -190,3 +200,8 @@ def crop_flip(image: tf.Tensor, *, seed: tf.Tensor, spec: Mapping,
   if spec.get("flip", True):
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return image
+
+
+# Modules that register more augmentations (imported last: they use the registry).
+from semissl.data import augment_simclr  # noqa: E402,F401  ('simclr')
+from semissl.data import augment_strong  # noqa: E402,F401  ('randaugment')

@@ -99,6 +99,11 @@ class Input:
   start_step: int
   _parts: _StreamParts = dataclasses.field(repr=False)
 
+  @property
+  def labelled_labels(self) -> np.ndarray:
+    """int32 label of each labelled example, in `labelled_ids` order (= 'index')."""
+    return np.asarray(self._parts.train_labels, np.int32)[self.labelled_ids]
+
   def train_dataset(self, start_step: int | None = None) -> tf.data.Dataset:
     """Infinite tf.data stream of this process's share of each global batch."""
     p = self._parts
@@ -146,6 +151,20 @@ class Input:
   def eval_iter(self) -> Iterator[dict[str, Any]]:
     """One pass over the eval split as NumPy batches (mask 0 marks padding)."""
     return self.eval_dataset().as_numpy_iterator()
+
+  def labelled_eval_iter(self) -> Iterator[dict[str, Any]]:
+    """One pass over the labelled train images with the eval view, batched like
+    `eval_iter` (the k-NN monitor's bank, linear evaluation's train set); 'id' is
+    the position in `labelled_ids`."""
+    p = self._parts
+    ids = tf.constant(self.labelled_ids, tf.int64)
+    dataset = streams.eval_stream(
+        labels=p.train_labels[self.labelled_ids],
+        lookup=lambda position: p.train_lookup(tf.gather(ids, position)),
+        views_fn=self._views_fn({"image": p.eval_view}),
+        global_batch=self.local_eval_batch_size * p.process_count,
+        local_batch=self.local_eval_batch_size, process_index=p.process_index)
+    return dataset.with_options(p.options).prefetch(p.prefetch).as_numpy_iterator()
 
   def _views_fn(self, views: Mapping[str, Mapping]) -> streams.ViewsFn:
     return streams.make_views_fn(views, image_size=self._parts.image_size,

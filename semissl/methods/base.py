@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 PyTree = Any
 
@@ -31,6 +32,10 @@ class DatasetInfo:
   num_unlabelled: int
   steps_per_epoch: int = 1  # an epoch passes once over the unlabelled stream if any
   total_steps: int = 1
+  # int32 [num_labelled]: the label of each labelled example, in labelled-bank slot
+  # order (batch 'index'); None when unknown (e.g. synthetic benchmark batches).
+  labelled_labels: np.ndarray | None = dataclasses.field(
+      default=None, repr=False, compare=False)
 
 
 class StepAux(NamedTuple):
@@ -66,6 +71,12 @@ class Method:
 
   def init(self, rng: jax.Array, example_batch: PyTree) -> tuple[PyTree, PyTree]:
     raise NotImplementedError
+
+  def load_method_state(self, method_state: PyTree) -> PyTree:
+    """Host side, once on a fresh start (not on resume), after `init`: fills
+    method_state from outside the run, e.g. a fixed distillation teacher read
+    from its workdir. Raises a one-line ValueError on bad input. Default: as is."""
+    return method_state
 
   def loss_fn(self, params: PyTree, batch: PyTree, *, state: Any,
               rng: jax.Array) -> tuple[jax.Array, StepAux]:

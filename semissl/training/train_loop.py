@@ -19,18 +19,19 @@ import numpy as np
 from absl import logging
 
 from semissl import methods
-from semissl.training import checkpointing, optimizers, sharding
+from semissl.training import checkpointing, evaluation, optimizers, sharding
 from semissl.training.metrics import MetricLogger
 from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
 
 
-def _dataset_info(info, config) -> methods.DatasetInfo:
+def _dataset_info(info, config, labelled_labels=None) -> methods.DatasetInfo:
   per_epoch = steps_per_epoch(config, info)
   total_steps = int(config.get("num_train_steps") or round(config.num_epochs * per_epoch))
   return methods.DatasetInfo(num_classes=info.num_classes, image_shape=tuple(info.image_shape),
                              num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
-                             steps_per_epoch=per_epoch, total_steps=total_steps)
+                             steps_per_epoch=per_epoch, total_steps=total_steps,
+                             labelled_labels=labelled_labels)
 
 
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -74,7 +75,20 @@ def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=())
   return state, state_shardings
 
 
+def make_evaluator(method, *, config, mesh, state_shardings):
+  """The eval step for `evaluate`: top-1/top-5 of the classifier, or for methods
+  without one (`has_classifier=False`) the k-NN monitor of encoder features."""
+  if method.has_classifier:
+    return make_eval_step(method, mesh=mesh, state_shardings=state_shardings)
+  return evaluation.KnnMonitor(method, mesh=mesh, state_shardings=state_shardings,
+                               **dict(config.get("knn_monitor", None) or {}))
+
+
 def evaluate(eval_step, state, data, mesh) -> dict[str, float]:
+  """Eval metrics of `state`: `eval_top1`, `eval_top5` and their `eval_ema_*`, or,
+  with a `KnnMonitor` as `eval_step`, `eval_knn_top1` and `eval_ema_knn_top1`."""
+  if isinstance(eval_step, evaluation.KnnMonitor):
+    return eval_step(state, data)
   totals: dict[str, float] = {}
   for local_batch in data.eval_iter():
     sums = jax.device_get(eval_step(state, sharding.global_batch(local_batch, mesh)))
@@ -96,13 +110,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save_interval_steps=config.get("checkpoint_every_steps", 1000))
   latest = manager.latest_step()
   start_step = int(latest) if latest is not None else 0
+  if latest is None and config.get("init_from"):
+    checkpointing.require_checkpoint(config.init_from)  # fail before reading any data
 
   data = data_lib.build_input(
       config.data, batch_size=config.batch_size, mu=config.get("mu", 0),
       eval_batch_size=config.eval_batch_size, seed=config.seed, workdir=workdir,
       process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step)
-  info = _dataset_info(data.info, config)
+  info = _dataset_info(data.info, config, labelled_labels=data.labelled_labels)
   method = methods.get_method(config.method.name)(config, info)
   method.validate()
   per_epoch, total_steps = info.steps_per_epoch, info.total_steps
@@ -124,13 +140,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Initialising variables from %s.", config.init_from)
     loaded = checkpointing.load_variables_from(
         config.init_from, {"params": state.params, "batch_stats": state.batch_stats})
+    # The target gets its own buffers: the train step donates the whole state.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
     state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
-                          target_params=loaded["params"], target_batch_stats=loaded["batch_stats"])
+                          target_params=copy(loaded["params"]),
+                          target_batch_stats=copy(loaded["batch_stats"]))
+  if latest is None:
+    state = state.replace(method_state=method.load_method_state(state.method_state))
 
   ema_fn = lambda step: optimizers.ema_decay(config, step, total_steps)
   train_step = make_train_step(method, optimizer, lr_schedule=schedule, ema_decay_fn=ema_fn,
                                mesh=mesh, state_shardings=state_shardings)
-  eval_step = make_eval_step(method, mesh=mesh, state_shardings=state_shardings)
+  eval_step = make_evaluator(method, config=config, mesh=mesh, state_shardings=state_shardings)
   logger = MetricLogger(workdir, total_steps=total_steps,
                         log_every=config.get("log_every_steps", 50))
 

@@ -1,0 +1,253 @@
+"""FixMatch and EMA-Teacher / Semi-ViT (probabilistic pseudo mixup) as one method.
+
+* FixMatch (Sohn et al. 2020; survey): `method.teacher='self'`. One network; the
+  labelled, weak and strong images go through it in one batch (batch norm sees
+  all of them), pseudo-labels are the sg(argmax) of the weak view's prediction,
+  kept where the confidence >= tau, targets for the strong view.
+* EMA-Teacher (Semi-ViT Eq. 1-2): `method.teacher='ema'` (registered alias
+  'emateacher'). Pseudo-labels come from the teacher = the engine's
+  `target_params` (Eq. 1 with m = `config.ema.decay`) on the weak view, no
+  gradient; the student sees labelled + strong images. The teacher runs in eval
+  mode (as timm's ModelEma: no drop path, BN on its running statistics) unless
+  `teacher_train_mode`.
+* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5), `pseudo_mixup=True`: the strong
+  unlabelled batch is mixed with its reverse (timm's pairing), lambda_i =
+  o_i / (o_i + o_j), kept iff max(o_i, o_j) >= tau; mixup or CutMix chosen per
+  batch by a Bernoulli(`switch_prob`) draw (both alphas > 0), the only role of the
+  Beta parameters here (DESIGN.md). `labelled_mixup=True` applies timm-style
+  mixup / CutMix (lambda ~ Beta(alpha)) to the labelled batch.
+* Options: hard or soft targets, temperature, label smoothing (both losses),
+  ReMixMatch distribution alignment of the pseudo-label distribution
+  (`distribution_alignment=True`: p * p_labelled / mean of the last `da_window`
+  batch means, p_labelled = class prior of the labelled split).
+* Without unlabelled views (mu = 0) only the labelled loss is trained: Semi-ViT's
+  supervised fine-tuning stage with the same network, mixup and layer decay.
+
+ViT backbones get `layer_id_fn = models.vit_layer_id` for the optimizer's
+layer-wise lr decay. Views: labelled 'image', unlabelled 'weak' and 'strong'.
+Config keys (`config.method`): teacher, teacher_train_mode, threshold, lambda_u,
+soft_targets, temperature, label_smoothing, distribution_alignment, da_window,
+pseudo_mixup, labelled_mixup, mixup_alpha, cutmix_alpha, switch_prob.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semissl import losses
+from semissl import models
+from semissl.losses import mixing
+from semissl.methods import base, networks, supervised
+
+TEACHERS = ("self", "ema")
+UNLABELLED_VIEWS = ("weak", "strong")
+
+
+def choose_cutmix(*, rng: jax.Array, mixup_alpha: float, cutmix_alpha: float,
+                  switch_prob: float) -> jax.Array:
+  """Per-batch mode draw (timm Mixup): CutMix w.p. `switch_prob` if both are on."""
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    return jax.random.bernoulli(rng, switch_prob)
+  return jnp.asarray(cutmix_alpha > 0)
+
+
+@base.register
+class FixMatch(base.Method):
+  """FixMatch (teacher='self') or EMA-Teacher (teacher='ema'), see the module doc."""
+
+  name = "fixmatch"
+  default_teacher = "self"
+
+  def __init__(self, config, info):
+    super().__init__(config, info)
+    self.model = supervised.build_classifier(config, info.num_classes)
+    self.teacher = config.method.get("teacher", self.default_teacher)
+    self.layer_id_fn = (models.vit_layer_id
+                        if config.model.name.startswith("vit") else None)
+
+  @property
+  def semi_supervised(self) -> bool:
+    return bool(self.config.get("mu", 0) and self.unlabelled_views)
+
+  def validate(self):
+    cfg = self.config.method
+    if self.teacher not in TEACHERS:
+      raise ValueError(f"method.teacher={self.teacher!r}; known: {TEACHERS}.")
+    threshold = cfg.get("threshold", 0.95)
+    if not 0.0 <= threshold <= 1.0:
+      raise ValueError(f"method.threshold={threshold} must be in [0, 1].")
+    if not 0.0 <= cfg.get("label_smoothing", 0.0) < 1.0:
+      raise ValueError(f"method.label_smoothing={cfg.get('label_smoothing')} must be in "
+                       "[0, 1).")
+    if cfg.get("temperature", 1.0) <= 0:
+      raise ValueError(f"method.temperature={cfg.get('temperature')} must be > 0.")
+    if not 0.0 <= cfg.get("switch_prob", 0.5) <= 1.0:
+      raise ValueError(f"method.switch_prob={cfg.get('switch_prob')} must be in [0, 1].")
+    mixing_on = cfg.get("pseudo_mixup", False) or cfg.get("labelled_mixup", False)
+    alphas = (cfg.get("mixup_alpha", 0.8), cfg.get("cutmix_alpha", 1.0))
+    if mixing_on and (min(alphas) < 0 or max(alphas) <= 0):
+      raise ValueError(f"method.mixup_alpha, cutmix_alpha={alphas}: both >= 0 and one > 0 "
+                       "when pseudo_mixup or labelled_mixup is on.")
+    if cfg.get("pseudo_mixup", False) and cfg.get("soft_targets", False):
+      raise ValueError("method.pseudo_mixup mixes one-hot pseudo-labels (Semi-ViT Eq. 3); "
+                       "set soft_targets=False.")
+    if "image" not in self.labelled_views:
+      raise ValueError("FixMatch needs data.labelled_views['image']; got "
+                       f"{sorted(self.labelled_views)}.")
+    missing = [v for v in UNLABELLED_VIEWS if v not in self.unlabelled_views]
+    if self.semi_supervised and missing:
+      raise ValueError(f"FixMatch needs data.unlabelled_views {list(UNLABELLED_VIEWS)}; "
+                       f"got {sorted(self.unlabelled_views)}.")
+
+  def init(self, rng, example_batch):
+    images = example_batch["labelled"]["images"]["image"]
+    variables = self.model.init({"params": rng, "dropout": rng}, images, train=False)
+    method_state = {}
+    if self.config.method.get("distribution_alignment", False):
+      method_state["da"] = losses.init_distribution_alignment_window(
+          num_classes=self.info.num_classes,
+          window_size=int(self.config.method.get("da_window", 128)))
+    return dict(variables), method_state
+
+  def _labelled_prior(self) -> jax.Array:
+    """Class frequencies of the labelled split (uniform if unknown)."""
+    num_classes = self.info.num_classes
+    labels = self.info.labelled_labels
+    if labels is None or not len(labels):
+      return jnp.full((num_classes,), 1.0 / num_classes)
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes]
+    return jnp.asarray(counts / counts.sum(), jnp.float32)
+
+  def _student(self, params, batch_stats, images, rng):
+    logits, updates = self.model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    return logits, updates["batch_stats"]
+
+  def _teacher_logits(self, params, batch_stats, images, rng):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if self.config.method.get("teacher_train_mode", False):
+      logits, _ = self.model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": rng})
+    else:
+      logits = self.model.apply(variables, images, train=False)
+    return jax.lax.stop_gradient(logits)
+
+  def _mix(self, *, images, targets, rng):
+    """Labelled mixup / CutMix with lambda ~ Beta(alpha) (timm, batch-wise)."""
+    cfg = self.config.method
+    mixup_alpha, cutmix_alpha = cfg.get("mixup_alpha", 0.8), cfg.get("cutmix_alpha", 1.0)
+    mode_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
+    permutation = jnp.arange(images.shape[0])[::-1]
+    use_cutmix = choose_cutmix(rng=mode_rng, mixup_alpha=mixup_alpha,
+                               cutmix_alpha=cutmix_alpha,
+                               switch_prob=cfg.get("switch_prob", 0.5))
+    mixed_up = mixing.mixup(
+        images=images, targets=targets, permutation=permutation,
+        mix_ratio=mixing.sample_mix_ratio(rng=mixup_rng, alpha=max(mixup_alpha, 1e-3)))
+    cut = mixing.cutmix(
+        images=images, targets=targets, permutation=permutation,
+        mix_ratio=mixing.sample_mix_ratio(rng=cutmix_rng, alpha=max(cutmix_alpha, 1e-3)),
+        rng=box_rng)
+    return (jnp.where(use_cutmix, cut[0], mixed_up[0]),
+            jnp.where(use_cutmix, cut[1], mixed_up[1]))
+
+  def _pseudo_mixup(self, *, images, probs, rng):
+    """Semi-ViT Eq. 3-5 with the per-batch mixup / CutMix choice."""
+    cfg = self.config.method
+    mode_rng, box_rng = jax.random.split(rng)
+    permutation = jnp.arange(images.shape[0])[::-1]
+    use_cutmix = choose_cutmix(rng=mode_rng, mixup_alpha=cfg.get("mixup_alpha", 0.8),
+                               cutmix_alpha=cfg.get("cutmix_alpha", 1.0),
+                               switch_prob=cfg.get("switch_prob", 0.5))
+    threshold = cfg.get("threshold", 0.95)
+    mixed = [losses.probabilistic_pseudo_mixup(
+        images=images, probs=probs, permutation=permutation, threshold=threshold,
+        mode=mode, rng=box_rng) for mode in ("mixup", "cutmix")]
+    return tuple(jnp.where(use_cutmix, c, m) for m, c in zip(*mixed))
+
+  def loss_fn(self, params, batch, *, state, rng):
+    cfg = self.config.method
+    smoothing = cfg.get("label_smoothing", 0.0)
+    student_rng, teacher_rng, labelled_rng, unlabelled_rng = jax.random.split(rng, 4)
+    x_l = batch["labelled"]["images"]["image"]
+    labels = batch["labelled"]["label"]
+    targets_l = jax.nn.one_hot(labels, self.info.num_classes)
+    if cfg.get("labelled_mixup", False):
+      x_l, targets_l = self._mix(images=x_l, targets=targets_l, rng=labelled_rng)
+    metrics, method_state = {}, state.method_state
+    if not self.semi_supervised:
+      logits_l, batch_stats = self._student(params, state.batch_stats, x_l, student_rng)
+      loss = losses.softmax_cross_entropy(logits=logits_l, labels=targets_l,
+                                          label_smoothing=smoothing)
+      metrics["train_top1"] = jnp.mean(jnp.argmax(logits_l, -1) == labels)
+      return loss, base.StepAux(batch_stats, method_state, metrics)
+
+    unlabelled = batch["unlabelled"]
+    u_w, u_s = unlabelled["images"]["weak"], unlabelled["images"]["strong"]
+    n_l, n_u = x_l.shape[0], u_w.shape[0]
+    pseudo_mixup = cfg.get("pseudo_mixup", False)
+    one_pass = self.teacher == "self" and not pseudo_mixup
+    if one_pass:  # FixMatch: labelled + weak + strong in one batch.
+      logits, batch_stats = self._student(params, state.batch_stats,
+                                          jnp.concatenate([x_l, u_w, u_s]), student_rng)
+      weak_logits = jax.lax.stop_gradient(logits[n_l:n_l + n_u])
+      logits_l, logits_s = logits[:n_l], logits[n_l + n_u:]
+    else:
+      if self.teacher == "ema":
+        teacher_vars = (state.target_params, state.target_batch_stats)
+      else:
+        teacher_vars = (params, state.batch_stats)
+      weak_logits = self._teacher_logits(*teacher_vars, u_w, teacher_rng)
+
+    probs = jax.nn.softmax(weak_logits / cfg.get("temperature", 1.0), axis=-1)
+    if cfg.get("distribution_alignment", False):
+      probs, window = losses.simmatch_distribution_alignment(
+          probs=probs, window=method_state["da"], target_prior=self._labelled_prior())
+      method_state = dict(method_state, da=window)
+    threshold = cfg.get("threshold", 0.95)
+
+    if pseudo_mixup:
+      u_s, mixed_targets, mixed_mask = self._pseudo_mixup(images=u_s, probs=probs,
+                                                          rng=unlabelled_rng)
+    if not one_pass:
+      logits, batch_stats = self._student(params, state.batch_stats,
+                                          jnp.concatenate([x_l, u_s]), student_rng)
+      logits_l, logits_s = logits[:n_l], logits[n_l:]
+
+    if pseudo_mixup:
+      loss_u, _ = losses.pseudo_mixup_loss(logits=logits_s, mixed_targets=mixed_targets,
+                                           mask=mixed_mask, label_smoothing=smoothing)
+      metrics["mixed_mask_rate"] = jnp.mean(mixed_mask)
+      mask = (jnp.max(probs, -1) >= threshold).astype(jnp.float32)
+    else:
+      loss_u, extras = losses.thresholded_cross_entropy(
+          pseudo_probs=probs, logits=logits_s, threshold=threshold,
+          hard_targets=not cfg.get("soft_targets", False), label_smoothing=smoothing)
+      mask = extras["mask"]
+    loss_l = losses.softmax_cross_entropy(logits=logits_l, labels=targets_l,
+                                          label_smoothing=smoothing)
+    loss = loss_l + cfg.get("lambda_u", 1.0) * loss_u
+    metrics.update(train_top1=jnp.mean(jnp.argmax(logits_l, -1) == labels),
+                   loss_l=loss_l, loss_u=loss_u)
+    if "true_label" in unlabelled:
+      metrics.update(networks.pseudo_label_telemetry(
+          pseudo_labels=jnp.argmax(probs, -1), true_labels=unlabelled["true_label"],
+          mask=mask))
+    return loss, base.StepAux(batch_stats, method_state, metrics)
+
+  def eval_logits(self, variables, images):
+    return self.model.apply(variables, images, train=False)
+
+  def eval_features(self, variables, images):
+    return self.model.apply(variables, images, train=False,
+                            method=lambda module, x, train: module.backbone(x, train=train))
+
+
+@base.register
+class EMATeacher(FixMatch):
+  """Alias: FixMatch with `method.teacher='ema'` by default (Semi-ViT)."""
+
+  name = "emateacher"
+  default_teacher = "ema"

@@ -1,0 +1,260 @@
+"""SimMatch (Zheng et al. 2022): semantic + instance similarity with a labelled bank.
+
+One network: encoder F -> linear classifier phi ('head', logits p) and an MLP
+projection head g ('embedding_head', embeddings z). Per step (SimMatch Alg. 1):
+
+* L_s (Eq. 1): cross-entropy of the weakly augmented labelled images.
+* p_w = DA(softmax(weak logits)) (Eq. 2's DA over the last `da_window` steps);
+  q_w (Eq. 3) against the labelled bank; label propagation (Eq. 7-10, Table 6's
+  strategies by `p_strategy` / `q_strategy`) gives p_hat and q_hat.
+* L_u (Eq. 2): [max p_hat > tau] H(p_hat, p_s) on the strong view.
+* L_in (Eq. 5): H(q_hat, q_s), q_s (Eq. 4) of the strong view's embedding.
+* Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in. During the first
+  `instance_warmup_epochs` (1) epochs propagation and L_in are off (p_hat = p_w).
+* The bank (Sec. 3.4), one slot per labelled image (slot = batch 'index'), is
+  written after the losses with the labels and either
+  - 'student_teacher' (large K, ImageNet): the EMA teacher's embeddings (teacher =
+    the engine's `target_params`, Eq. 11 with m = `config.ema.decay`); the student
+    sees labelled + strong images, the teacher (no gradient, BN on batch
+    statistics as the public code's EMA model in train mode) labelled + weak ones;
+  - 'temporal_ensemble' (small K, CIFAR): one network sees labelled + weak +
+    strong in one batch; slots <- normalize(m old + (1 - m) new) with the online
+    embeddings (Eq. 12, m = `bank_momentum`); the EMA params are for evaluation.
+
+The bank is initialised with normalised noise and the labelled split's labels
+(`info.labelled_labels`), and sharded on its slot axis when K divides over the
+'data' axis (else replicated, with a log line). Views: labelled 'image' (weak),
+unlabelled 'weak' and 'strong'.
+
+Config keys (`config.method`): variant, lambda_u, lambda_in, temperature (t),
+alpha, threshold (tau), bank_momentum, da_window, distribution_alignment,
+p_strategy, q_strategy, embedding_dim, embedding_hidden_dim (0: encoder width),
+instance_warmup_epochs, teacher_train_mode.
+"""
+from __future__ import annotations
+
+import math
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from semissl import losses
+from semissl import models
+from semissl.losses import simmatch as simmatch_losses
+from semissl.methods import base, networks
+
+VARIANTS = ("student_teacher", "temporal_ensemble")
+UNLABELLED_VIEWS = ("weak", "strong")
+
+
+class SimMatchNetwork(nn.Module):
+  """Encoder -> (classifier logits [B, C], embeddings [B, embedding_dim]).
+
+  Attributes:
+    backbone: encoder F, `__call__(x, *, train) -> [B, D]`.
+    num_classes: classifier outputs.
+    embedding_dim: projection output width (SimMatch: 128).
+    embedding_hidden_dim: projection hidden width (0: D).
+  """
+
+  backbone: nn.Module
+  num_classes: int
+  embedding_dim: int = 128
+  embedding_hidden_dim: int = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    features = self.backbone(x, train=train)
+    logits = models.LinearClassifier(self.num_classes, name="head")(features)
+    embeddings = models.MLPHead(
+        hidden_dim=self.embedding_hidden_dim or features.shape[-1],
+        out_dim=self.embedding_dim, name="embedding_head")(features, train=train)
+    return logits, embeddings
+
+
+def data_axis_size(config) -> int:
+  """Devices on the 'data' mesh axis that `config.mesh` gives on this machine."""
+  mesh = dict(config.get("mesh", None) or {"data": -1})
+  others = math.prod(int(v) for k, v in mesh.items() if k != "data" and int(v) != -1)
+  size = int(mesh["data"])
+  return size if size != -1 else max(jax.device_count() // max(others, 1), 1)
+
+
+@base.register
+class SimMatch(base.Method):
+  """SimMatch, both memory-bank variants of Sec. 3.4."""
+
+  name = "simmatch"
+
+  def __init__(self, config, info):
+    super().__init__(config, info)
+    cfg = config.method
+    self.model = SimMatchNetwork(
+        backbone=networks.build_backbone(config.model), num_classes=info.num_classes,
+        embedding_dim=int(cfg.get("embedding_dim", 128)),
+        embedding_hidden_dim=int(cfg.get("embedding_hidden_dim", 0) or 0))
+    self.variant = cfg.get("variant", "student_teacher")
+    self.num_slots = int(info.num_labelled)
+
+  def validate(self):
+    cfg, info = self.config.method, self.info
+    if self.variant not in VARIANTS:
+      raise ValueError(f"method.variant={self.variant!r}; known: {VARIANTS}.")
+    if self.num_slots < info.num_classes:
+      raise ValueError(
+          f"SimMatch's labelled bank has one slot per labelled image ({self.num_slots}) "
+          f"but there are {info.num_classes} classes; label at least one image per class.")
+    threshold = cfg.get("threshold", 0.95)
+    if not 0.0 <= threshold <= 1.0:
+      raise ValueError(f"method.threshold={threshold} must be in [0, 1].")
+    if not 0.0 <= cfg.get("alpha", 0.9) <= 1.0:
+      raise ValueError(f"method.alpha={cfg.get('alpha')} must be in [0, 1].")
+    if not 0.0 <= cfg.get("bank_momentum", 0.7) < 1.0:
+      raise ValueError(f"method.bank_momentum={cfg.get('bank_momentum')} must be in [0, 1).")
+    if cfg.get("temperature", 0.1) <= 0:
+      raise ValueError(f"method.temperature={cfg.get('temperature')} must be > 0.")
+    if int(cfg.get("da_window", 32)) < 1:
+      raise ValueError(f"method.da_window={cfg.get('da_window')} must be >= 1.")
+    for key, known in (("p_strategy", simmatch_losses.P_STRATEGIES),
+                       ("q_strategy", simmatch_losses.Q_STRATEGIES)):
+      if cfg.get(key, known[0]) not in known:
+        raise ValueError(f"method.{key}={cfg.get(key)!r}; known: {known}.")
+    missing = [v for v in UNLABELLED_VIEWS if v not in self.unlabelled_views]
+    if missing or "image" not in self.labelled_views or not self.config.get("mu", 0):
+      raise ValueError("SimMatch needs mu > 0, data.labelled_views['image'] (weak) and "
+                       f"data.unlabelled_views {list(UNLABELLED_VIEWS)}; got labelled "
+                       f"{sorted(self.labelled_views)}, unlabelled "
+                       f"{sorted(self.unlabelled_views)}, mu={self.config.get('mu', 0)}.")
+    labels = info.labelled_labels
+    if labels is not None and len(labels) != self.num_slots:
+      raise ValueError(f"info.labelled_labels has {len(labels)} entries for "
+                       f"{self.num_slots} labelled images.")
+
+  def init(self, rng, example_batch):
+    params_rng, bank_rng = jax.random.split(rng)
+    images = example_batch["labelled"]["images"]["image"]
+    variables = self.model.init({"params": params_rng, "dropout": params_rng}, images,
+                                train=False)
+    labels = self.info.labelled_labels
+    bank = losses.init_labelled_bank(
+        rng=bank_rng, num_slots=self.num_slots, dim=self.model.embedding_dim,
+        labels=None if labels is None else jnp.asarray(labels, jnp.int32))
+    window = losses.init_distribution_alignment_window(
+        num_classes=self.info.num_classes,
+        window_size=int(self.config.method.get("da_window", 32)))
+    return dict(variables), {"bank": bank, "da": window}
+
+  def state_sharding_rules(self):
+    devices = data_axis_size(self.config)
+    if self.num_slots % devices:
+      logging.info("SimMatch bank of %d slots does not divide over %d devices: replicated.",
+                   self.num_slots, devices)
+      return ()
+    return ((r"method_state/bank/embeddings", P("data", None)),
+            (r"method_state/bank/labels", P("data")))
+
+  def _apply(self, params, batch_stats, images, *, train, rng):
+    """(logits, embeddings), updated batch stats (None when not in train mode)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+      return self.model.apply(variables, images, train=False), None
+    outputs, updates = self.model.apply(variables, images, train=True,
+                                        mutable=["batch_stats"], rngs={"dropout": rng})
+    return outputs, updates["batch_stats"]
+
+  def _forward(self, params, batch, *, state, rng):
+    """Student and (no-gradient) teacher outputs of the step's images."""
+    x_l = batch["labelled"]["images"]["image"]
+    u_w = batch["unlabelled"]["images"]["weak"]
+    u_s = batch["unlabelled"]["images"]["strong"]
+    n_l, n_u = x_l.shape[0], u_w.shape[0]
+    student_rng, teacher_rng = jax.random.split(rng)
+    if self.variant == "student_teacher":
+      (logits, embeddings), batch_stats = self._apply(
+          params, state.batch_stats, jnp.concatenate([x_l, u_s]), train=True,
+          rng=student_rng)
+      (t_logits, t_embeddings), _ = self._apply(
+          state.target_params, state.target_batch_stats, jnp.concatenate([x_l, u_w]),
+          train=bool(self.config.method.get("teacher_train_mode", True)), rng=teacher_rng)
+      weak_logits, weak_embeddings = t_logits[n_l:], t_embeddings[n_l:]
+      bank_embeddings = t_embeddings[:n_l]
+      strong_logits, strong_embeddings = logits[n_l:], embeddings[n_l:]
+    else:
+      (logits, embeddings), batch_stats = self._apply(
+          params, state.batch_stats, jnp.concatenate([x_l, u_w, u_s]), train=True,
+          rng=student_rng)
+      weak_logits = logits[n_l:n_l + n_u]
+      weak_embeddings = embeddings[n_l:n_l + n_u]
+      bank_embeddings = embeddings[:n_l]
+      strong_logits, strong_embeddings = logits[n_l + n_u:], embeddings[n_l + n_u:]
+    sg = jax.lax.stop_gradient
+    return dict(labelled_logits=logits[:n_l], weak_logits=sg(weak_logits),
+                weak_embeddings=sg(weak_embeddings), bank_embeddings=sg(bank_embeddings),
+                strong_logits=strong_logits, strong_embeddings=strong_embeddings,
+                batch_stats=batch_stats)
+
+  def loss_fn(self, params, batch, *, state, rng):
+    cfg = self.config.method
+    out = self._forward(params, batch, state=state, rng=rng)
+    bank = state.method_state["bank"]
+    window = state.method_state["da"]
+    temperature = cfg.get("temperature", 0.1)
+    threshold = cfg.get("threshold", 0.95)
+
+    p_weak = jax.nn.softmax(out["weak_logits"], axis=-1)
+    if cfg.get("distribution_alignment", True):
+      p_weak, window = losses.simmatch_distribution_alignment(probs=p_weak, window=window)
+    q_weak = losses.instance_similarity(embeddings=out["weak_embeddings"],
+                                        bank_embeddings=bank.embeddings,
+                                        temperature=temperature)
+    p_hat, q_hat = losses.simmatch_propagate(
+        p_weak=p_weak, q_weak=q_weak, bank_labels=bank.labels,
+        num_classes=self.info.num_classes, alpha=cfg.get("alpha", 0.9),
+        p_strategy=cfg.get("p_strategy", "smoothing"),
+        q_strategy=cfg.get("q_strategy", "scaling"))
+    warmup_steps = round(cfg.get("instance_warmup_epochs", 1) * self.info.steps_per_epoch)
+    instance_on = state.step >= warmup_steps
+    p_target = jnp.where(instance_on, p_hat, p_weak)
+
+    labels = batch["labelled"]["label"]
+    loss_s = losses.softmax_cross_entropy(logits=out["labelled_logits"], labels=labels)
+    loss_u, u_extras = losses.simmatch_unlabelled_loss(
+        p_hat=p_target, strong_logits=out["strong_logits"], threshold=threshold)
+    loss_in, in_extras = losses.simmatch_instance_loss(
+        q_target=q_hat, strong_embeddings=out["strong_embeddings"],
+        bank_embeddings=bank.embeddings, temperature=temperature)
+    lambda_in = cfg.get("lambda_in", 1.0) * instance_on.astype(loss_in.dtype)
+    loss = loss_s + cfg.get("lambda_u", 1.0) * loss_u + lambda_in * loss_in
+
+    momentum = 0.0 if self.variant == "student_teacher" else cfg.get("bank_momentum", 0.7)
+    new_bank = losses.update_labelled_bank(
+        bank=bank, ids=batch["labelled"]["index"], embeddings=out["bank_embeddings"],
+        labels=labels, momentum=momentum)
+    metrics = {
+        "train_top1": jnp.mean(jnp.argmax(out["labelled_logits"], -1) == labels),
+        "loss_s": loss_s, "loss_u": loss_u, "loss_in": loss_in,
+        "instance_on": instance_on.astype(jnp.float32),
+        "q_hat_entropy": in_extras["target_entropy"],
+    }
+    true_labels = batch["unlabelled"].get("true_label")
+    if true_labels is not None:
+      metrics.update(networks.pseudo_label_telemetry(
+          pseudo_labels=jnp.argmax(p_target, -1), true_labels=true_labels,
+          mask=u_extras["mask"]))
+      metrics.update(networks.pseudo_label_telemetry(
+          pseudo_labels=jnp.argmax(p_weak, -1), true_labels=true_labels, prefix="pw_"))
+      instance_labels = jnp.take(bank.labels, jnp.argmax(q_hat, -1))
+      metrics["pl_instance_accuracy"] = jax.lax.stop_gradient(
+          jnp.mean(instance_labels == true_labels))
+    aux = base.StepAux(out["batch_stats"], {"bank": new_bank, "da": window}, metrics)
+    return loss, aux
+
+  def eval_logits(self, variables, images):
+    return self.model.apply(variables, images, train=False)[0]
+
+  def eval_features(self, variables, images):
+    return self.model.apply(variables, images, train=False,
+                            method=lambda module, x, train: module.backbone(x, train=train))
