@@ -52,15 +52,27 @@ def _flatten(tree: Any) -> dict[str, Any]:
   return {path_to_str(path): leaf for path, leaf in leaves}
 
 
+def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
+  """One-line error unless `workdir` holds a finalised checkpoint (cheap: no restore)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+  if not steps:
+    raise ValueError(f"{what}={workdir!r} has no checkpoint; run that stage first or point "
+                     f"{what} at its workdir.")
+
+
 def load_variables_from(workdir: str, current: dict[str, Any],
-                        collections=("params", "batch_stats")) -> dict[str, Any]:
+                        collections=("params", "batch_stats"), *,
+                        require_all: bool = False) -> dict[str, Any]:
   """`config.init_from`: copies matching variables from another run's latest checkpoint.
 
   Every variable of the other run whose path and shape match one of `current`
   replaces it (so a fine-tune stage can load an encoder and keep a fresh head);
   leaves without a counterpart keep their current value. Raises a one-line
   error when the other run has no checkpoint, or when a shared path has
-  another shape, or when nothing matches (another architecture).
+  another shape, or when nothing matches (another architecture), or, with
+  `require_all` (e.g. a distillation teacher), when any leaf of `current` has no
+  counterpart.
   """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   manager = ocp.CheckpointManager(
@@ -83,13 +95,14 @@ def load_variables_from(workdir: str, current: dict[str, Any],
           partial_restore=True)}))[STATE_ITEM]
   manager.close()
 
-  result, matched = {}, 0
+  result, matched, missing = {}, 0, []
   for collection, tree in current.items():
     source = _flatten(restored.get(collection, {}))
     def pick(path, leaf, collection=collection, source=source):
       nonlocal matched
       name = path_to_str(path)
       if name not in source:
+        missing.append(f"{collection}/{name}")
         return leaf
       value = np.asarray(source[name])
       if value.shape != tuple(leaf.shape):
@@ -101,4 +114,7 @@ def load_variables_from(workdir: str, current: dict[str, Any],
   if not matched:
     raise ValueError(f"init_from {workdir!r}: no variable of that checkpoint matches this model "
                      "(another architecture?).")
+  if require_all and missing:
+    raise ValueError(f"init_from {workdir!r}: {missing[0]} (and {len(missing) - 1} more) are "
+                     "not in that checkpoint; use the same architecture.")
   return result

@@ -8,7 +8,8 @@
 - `adamw`: optax.adamw, optionally with layer-wise lr decay (ViT) through
   optax.multi_transform.
 Learning rate = base_lr scaled by the batch ('linear': B/256, 'sqrt': sqrt(B),
-'none'), then a schedule with warm-up.
+'none'), then a schedule with warm-up; `lr_multipliers` ((regex, factor), ...)
+scale the learning rate of parameter groups (optax.multi_transform).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from semissl.losses.ema import mean_teacher_ema_decay
 from semissl.training.sharding import path_to_str
 
 DEFAULT_NO_DECAY = r"(bias|scale|pos_embedding|cls)$"
@@ -54,7 +56,17 @@ def make_schedule(opt: ml_collections.ConfigDict, *, peak_lr: float, total_steps
              optax.constant_schedule(peak_lr))
   if name == "fixmatch_cosine":
     return lambda step: peak_lr * jnp.cos(7.0 * jnp.pi * step / (16.0 * total_steps))
-  raise ValueError(f"optimizer.schedule={name!r}; known: cosine, constant, fixmatch_cosine.")
+  if name == "step":
+    # x step_decay_factor at each fraction of training (SemPPL App. A.1: x0.2 at 18/30, 24/30).
+    piecewise = optax.piecewise_constant_schedule(peak_lr, {
+        int(round(f * total_steps)): opt.get("step_decay_factor", 0.1)
+        for f in opt.get("step_decay_fractions", ())})
+    if not warmup_steps:
+      return piecewise
+    return lambda step: jnp.where(step < warmup_steps, peak_lr * step / warmup_steps,
+                                  piecewise(step))
+  raise ValueError(f"optimizer.schedule={name!r}; known: cosine, constant, fixmatch_cosine, "
+                   "step.")
 
 
 def path_mask(params: Any, exclude_regex: str) -> Any:
@@ -62,6 +74,25 @@ def path_mask(params: Any, exclude_regex: str) -> Any:
   pattern = re.compile(exclude_regex)
   return jax.tree_util.tree_map_with_path(
       lambda path, _: not pattern.search(path_to_str(path)), params)
+
+
+def scale_by_path(multipliers) -> optax.GradientTransformation:
+  """Per-group learning rates: updates of leaves whose path matches a regex are scaled.
+
+  `multipliers` is ((regex, factor), ...); the first match wins, others keep 1.
+  An optax.multi_transform of optax.scale, chained after the optimizer (e.g. a
+  classifier lr 40x the encoder's, SemPPL App. A.1).
+  """
+  patterns = [(re.compile(pattern), float(factor)) for pattern, factor in multipliers]
+
+  def labels(params):
+    def label(path, _):
+      name = path_to_str(path)
+      return next((str(i) for i, (p, _) in enumerate(patterns) if p.search(name)), "rest")
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  transforms = {str(i): optax.scale(factor) for i, (_, factor) in enumerate(patterns)}
+  return optax.multi_transform(dict(transforms, rest=optax.identity()), labels)
 
 
 def _layer_decay_labels(params: Any, num_layers: int, layer_id_fn) -> Any:
@@ -110,6 +141,9 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int, total_ste
       tx = adamw(schedule)
   else:
     raise ValueError(f"optimizer.name={name!r}; known: lars, sgd, adamw.")
+  multipliers = opt.get("lr_multipliers", None)
+  if multipliers:
+    tx = optax.chain(tx, scale_by_path(multipliers))
   clip = opt.get("grad_clip_norm", None)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
@@ -117,9 +151,13 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int, total_ste
 
 
 def ema_decay(config: ml_collections.ConfigDict, step: jax.Array, total_steps: int) -> jax.Array:
-  """Target-network decay: constant `ema.decay`, or BYOL's cosine ramp to 1."""
+  """Target-network decay: constant `ema.decay`, BYOL's cosine ramp to 1, or Mean
+  Teacher's warm-up min(1 - 1/(k + 1), decay) ('mean_teacher')."""
   base_decay = config.ema.decay
-  if config.ema.get("schedule", "constant") == "byol_cosine":
+  schedule = config.ema.get("schedule", "constant")
+  if schedule == "byol_cosine":
     progress = jnp.minimum(step / max(total_steps, 1), 1.0)
     return 1.0 - (1.0 - base_decay) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+  if schedule == "mean_teacher":
+    return mean_teacher_ema_decay(step=step, decay=base_decay)
   return jnp.asarray(base_decay, jnp.float32)

@@ -1,0 +1,300 @@
+"""Evaluation protocols for representations: k-NN monitor, linear probe, fine-tuning.
+
+* `KnnMonitor`: the online eval of methods without a classifier (SimCLR stage 1,
+  SemPPL pretraining): encoder features (`method.eval_features`) of the
+  labelled train images (eval view) form the bank, eval images are the queries;
+  cosine similarity, the k most similar vote with weight exp(sim / T) (Wu et al.
+  2018; k=20, T=0.07 as DINO), k=1 is the nearest neighbour. Reports
+  `eval_knn_top1` (online) and `eval_ema_knn_top1` (EMA target).
+* Linear evaluation on frozen features (SimCLRv2 §3, "linear evaluation"):
+  features are extracted once, then a softmax-regression classifier is fitted
+  with optax L-BFGS on the full feature matrix (`fit_linear_probe`);
+  `linear_evaluation(config, workdir)` runs the whole protocol on a checkpoint.
+* Fine-tuning per SemPPL App. A.1: `semppl_finetune_protocol(config)` turns a
+  `simclr_finetune` config into that protocol (classifier on the first projector
+  layer, SGD Nesterov, encoder and classifier learning rates through an
+  optax.multi_transform (`optimizer.lr_multipliers`), x0.2 at 18 and 24 of 30
+  epochs, no weight decay); it then runs through `train_and_evaluate`.
+
+TensorFlow-free: `linear_evaluation` imports the data pipeline lazily.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from semissl import losses
+from semissl.training import sharding
+
+PyTree = Any
+
+
+def knn_class_scores(*, query_features: jax.Array, bank_features: jax.Array,
+                     bank_labels: jax.Array, num_classes: int, k: int,
+                     temperature: float | None = 0.07) -> jax.Array:
+  """Weighted k-NN vote: [Q, num_classes] scores of the queries' k nearest bank entries.
+
+  Similarity is cosine; each of the k most similar bank entries adds
+  exp(sim / temperature) (1 if temperature is None) to its label's score.
+  k is clipped to the bank size.
+  """
+  query = losses.l2_normalize(query_features.astype(jnp.float32))
+  bank = losses.l2_normalize(bank_features.astype(jnp.float32))
+  similarity = query @ bank.T  # [Q, N]
+  top_similarity, top_index = jax.lax.top_k(similarity, min(k, bank.shape[0]))
+  weights = (jnp.ones_like(top_similarity) if temperature is None
+             else jnp.exp(top_similarity / temperature))
+  votes = jax.nn.one_hot(bank_labels[top_index], num_classes, dtype=jnp.float32)
+  return jnp.einsum("qk,qkc->qc", weights, votes)
+
+
+def make_feature_fn(method, *, mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+  """Jitted `(state, batch) -> {'features': {'': online, 'ema_': EMA}, 'label', 'mask'}`.
+
+  `batch` is an eval-style batch; the outputs are replicated, so every process
+  can read them whole.
+  """
+
+  def features(state, batch):
+    images = batch["images"]["image"]
+    return {"features": {"": method.eval_features(state.variables, images),
+                         "ema_": method.eval_features(state.target_variables, images)},
+            "label": batch["label"], "mask": batch["mask"]}
+
+  return jax.jit(features, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def extract_features(feature_fn: Callable, state: Any, batches: Iterable[dict],
+                     mesh: jax.sharding.Mesh) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Runs `feature_fn` over padded eval-style batches; returns (features, labels).
+
+  Padding (mask 0) is dropped; features is {prefix: float32 [N, D]}.
+  """
+  features: dict[str, list[np.ndarray]] = {}
+  labels = []
+  for local_batch in batches:
+    out = jax.device_get(feature_fn(state, sharding.global_batch(local_batch, mesh)))
+    mask = np.asarray(out["mask"]) > 0
+    for prefix, value in out["features"].items():
+      features.setdefault(prefix, []).append(np.asarray(value)[mask])
+    labels.append(np.asarray(out["label"])[mask])
+  return ({prefix: np.concatenate(parts) for prefix, parts in features.items()},
+          np.concatenate(labels))
+
+
+def _replicate(array: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A host array (equal on every process) as a replicated global array."""
+  return jax.make_array_from_callback(array.shape, sharding.replicated(mesh),
+                                      lambda index: array[index])
+
+
+class KnnMonitor:
+  """Online k-NN top-1 of encoder features (online and EMA) on the eval split.
+
+  `monitor(state, data)` re-extracts the labelled bank with the current
+  encoder, then votes for every eval image on device. The encoder is compiled
+  once (`make_feature_fn`, for bank and queries); the vote is a small jit.
+  """
+
+  def __init__(self, method, *, mesh: jax.sharding.Mesh, state_shardings: Any,
+               k: int = 20, temperature: float | None = 0.07):
+    if k < 1:
+      raise ValueError(f"knn_monitor.k={k} must be >= 1.")
+    self.mesh = mesh
+    self.feature_fn = make_feature_fn(method, mesh=mesh, state_shardings=state_shardings)
+    num_classes = method.info.num_classes
+
+    def correct_counts(queries, banks):
+      labels, mask = queries["label"], queries["mask"]
+      sums = {"count": jnp.sum(mask)}
+      for prefix, query in queries["features"].items():
+        bank_features, bank_labels = banks[prefix]
+        scores = knn_class_scores(query_features=query, bank_features=bank_features,
+                                  bank_labels=bank_labels, num_classes=num_classes, k=k,
+                                  temperature=temperature)
+        sums[prefix + "knn_top1"] = jnp.sum((jnp.argmax(scores, -1) == labels) * mask)
+      return sums
+
+    self._correct_counts = jax.jit(correct_counts, out_shardings=sharding.replicated(mesh))
+
+  def __call__(self, state: Any, data: Any) -> dict[str, float]:
+    bank, bank_labels = extract_features(self.feature_fn, state, data.labelled_eval_iter(),
+                                         self.mesh)
+    banks = {prefix: (_replicate(features, self.mesh), _replicate(bank_labels, self.mesh))
+             for prefix, features in bank.items()}
+    totals: dict[str, float] = {}
+    for local_batch in data.eval_iter():
+      queries = self.feature_fn(state, sharding.global_batch(local_batch, self.mesh))
+      sums = jax.device_get(self._correct_counts(queries, banks))
+      for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+    count = max(totals.pop("count", 0.0), 1.0)
+    return {f"eval_{key}": value / count for key, value in totals.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbe:
+  """Softmax regression on standardised features: logits = ((x - mean) / std) W + b."""
+  weights: np.ndarray  # [D, K]
+  bias: np.ndarray  # [K]
+  mean: np.ndarray  # [D]
+  std: np.ndarray  # [D]
+
+  def logits(self, features: np.ndarray) -> np.ndarray:
+    return ((np.asarray(features, np.float32) - self.mean) / self.std) @ self.weights + self.bias
+
+
+def _probe_objective(params, x, y, l2_penalty):
+  logits = x @ params["weights"] + params["bias"]
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return cross_entropy + 0.5 * l2_penalty * jnp.sum(jnp.square(params["weights"]))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_steps"))
+def _fit_probe(x, y, l2_penalty, tolerance, *, num_classes: int, max_steps: int):
+  """Full-batch optax L-BFGS (zoom line search) until max_steps or |grad| < tolerance."""
+  objective = lambda params: _probe_objective(params, x, y, l2_penalty)
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def step(carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad,
+                                   value_fn=objective)
+    return optax.apply_updates(params, updates), state
+
+  def keep_going(carry):
+    _, state = carry
+    count = optax.tree.get(state, "count")
+    grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
+    return (count == 0) | ((count < max_steps) & (grad_norm >= tolerance))
+
+  params = {"weights": jnp.zeros((x.shape[1], num_classes)), "bias": jnp.zeros((num_classes,))}
+  params, _ = jax.lax.while_loop(keep_going, step, (params, solver.init(params)))
+  return params
+
+
+def fit_linear_probe(*, features: np.ndarray, labels: np.ndarray, num_classes: int,
+                     l2_penalty: float = 1e-4, max_steps: int = 500,
+                     tolerance: float = 1e-5) -> LinearProbe:
+  """Fits mean cross-entropy + l2_penalty/2 ||W||^2 with optax L-BFGS (full batch).
+
+  Features are standardised with their own mean and std (kept in the probe).
+  Stops after `max_steps` or when the gradient norm falls below `tolerance`.
+  """
+  features = np.asarray(features, np.float32)
+  mean = features.mean(0)
+  std = np.maximum(features.std(0), 1e-6)
+  params = jax.device_get(_fit_probe(
+      jnp.asarray((features - mean) / std), jnp.asarray(labels, jnp.int32),
+      jnp.float32(l2_penalty), jnp.float32(tolerance), num_classes=num_classes,
+      max_steps=max_steps))
+  return LinearProbe(weights=np.asarray(params["weights"]), bias=np.asarray(params["bias"]),
+                     mean=mean, std=std)
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+  return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
+
+
+def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
+                      l2_penalty: float = 1e-4, max_steps: int = 500) -> dict[str, float]:
+  """Linear evaluation of the latest checkpoint in `workdir` (its run's `config`).
+
+  Encoder features (`method.eval_features`, online and EMA) of the labelled
+  train images (set `config.data.label_fraction=1.0` for the all-labels
+  protocol) and of the eval split, both with the deterministic eval view; a
+  linear probe per feature set. Writes `<workdir>/linear_eval.json`.
+  Returns {'linear_top1', 'linear_train_top1', 'ema_linear_top1', ...}.
+  """
+  from semissl import data as data_lib  # lazy: imports TensorFlow
+  from semissl import methods
+  from semissl.training import checkpointing, train_loop
+  from semissl.training.train_state import TrainState
+
+  mesh = sharding.make_mesh(config.get("mesh", None))
+  data = data_lib.build_input(
+      config.data, batch_size=config.batch_size, mu=config.get("mu", 0),
+      eval_batch_size=config.eval_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  info = train_loop._dataset_info(data.info, config,  # pylint: disable=protected-access
+                                  labelled_labels=data.labelled_labels)
+  method = methods.get_method(config.method.name)(config, info)
+  # Abstract variables carrying their shardings: load_variables_from places the
+  # checkpoint's values on them, without compiling an init.
+  abstract, _ = jax.eval_shape(method.init, jax.random.PRNGKey(0), next(data.train_iter()))
+  shardings = sharding.tree_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  variables = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+  online = checkpointing.load_variables_from(workdir, variables, require_all=True)
+  target = checkpointing.load_variables_from(
+      workdir, {"target_" + k: v for k, v in variables.items()},
+      collections=("target_params", "target_batch_stats"), require_all=True)
+  replicated = sharding.replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                     params=online["params"], batch_stats=online["batch_stats"], opt_state={},
+                     target_params=target["target_params"],
+                     target_batch_stats=target["target_batch_stats"], method_state={},
+                     rng=jax.device_put(jax.random.PRNGKey(0), replicated))
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  feature_fn = make_feature_fn(method, mesh=mesh, state_shardings=state_shardings)
+  train_features, train_labels = extract_features(feature_fn, state, data.labelled_eval_iter(),
+                                                  mesh)
+  eval_features, eval_labels = extract_features(feature_fn, state, data.eval_iter(), mesh)
+  results: dict[str, float] = {"linear_num_train": float(len(train_labels))}
+  for prefix, features in train_features.items():
+    probe = fit_linear_probe(features=features, labels=train_labels,
+                             num_classes=info.num_classes, l2_penalty=l2_penalty,
+                             max_steps=max_steps)
+    results[prefix + "linear_top1"] = top1(probe.logits(eval_features[prefix]), eval_labels)
+    results[prefix + "linear_train_top1"] = top1(probe.logits(features), train_labels)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "linear_eval.json"), "w") as f:
+      json.dump({"metrics": results, "l2_penalty": l2_penalty, "max_steps": max_steps}, f,
+                indent=2)
+  return results
+
+
+def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
+                             encoder_base_lr: float = 0.0025,
+                             classifier_base_lr: float = 0.2,
+                             num_epochs: float = 30.0) -> ml_collections.ConfigDict:
+  """Sets `config` (in place; returned) to SemPPL's fine-tuning protocol (App. A.1).
+
+  Classifier on the first projector layer (after its non-linearity), encoder
+  and first projector layer initialised from the pretrained run (init_from);
+  cross-entropy; SGD with Nesterov momentum 0.9; base learning rates (x B/256)
+  for the encoder and for the classifier (their sweep: {0.001..0.005} and
+  {0.025..0.5}) as an optax.multi_transform over parameter paths; x0.2 at 18 and
+  24 of 30 epochs; no weight decay and no warm-up.
+  """
+  config.method.name = "simclr_finetune"
+  config.method.finetune_layer = 1
+  opt = config.optimizer
+  opt.name = "sgd"
+  opt.momentum = 0.9
+  opt.nesterov = True
+  opt.weight_decay = 0.0
+  opt.base_lr = encoder_base_lr
+  opt.lr_scaling = "linear"
+  opt.lr_multipliers = ((r"^classifier/", classifier_base_lr / encoder_base_lr),)
+  opt.schedule = "step"
+  opt.step_decay_fractions = (18.0 / 30.0, 24.0 / 30.0)
+  opt.step_decay_factor = 0.2
+  opt.warmup_epochs = 0
+  opt.warmup_steps = 0
+  config.num_epochs = num_epochs
+  config.num_train_steps = 0
+  return config
