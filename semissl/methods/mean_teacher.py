@@ -1,0 +1,56 @@
+"""Mean Teacher (Tarvainen & Valpola 2017; survey).
+
+The teacher is the engine's EMA of the online params (`state.target_params`,
+theta' <- beta theta' + (1 - beta) theta with beta = `config.ema.decay`; the
+`ema.schedule='mean_teacher'` warm-up min(1 - 1/(k + 1), beta) follows the
+paper's advice of a small beta early on). Student and teacher each see their own
+augmentation ('student', 'teacher' views) of every labelled and unlabelled image.
+L = CE(student, labelled) + mu(t) MSE(softmax student, sg softmax teacher)
+(`losses.mean_teacher_loss`), mu(t) the sigmoid ramp-up.
+
+The teacher runs in train mode like the student (BN normalises with the
+teacher batch's own statistics, as the reference code does); its updated
+statistics are dropped, so only the student pass moves the running averages
+(the engine's `target_batch_stats` are their EMA). No gradient reaches the
+teacher params: its logits are under stop-gradient.
+Telemetry 'pl_*': teacher argmax on the unlabelled images.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from semissl import losses
+from semissl.methods import base
+from semissl.methods import semi_supervised_classifier as ssc
+
+
+@base.register
+class MeanTeacher(ssc.SemiSupervisedClassifier):
+  """Softmax-MSE consistency to the EMA teacher."""
+
+  name = "mean_teacher"
+  labelled_view_names = ("student", "teacher")
+  unlabelled_view_names = ("student", "teacher")
+
+  def loss_fn(self, params, batch, *, state, rng):
+    labelled, unlabelled = batch["labelled"], batch["unlabelled"]
+    num_labelled = labelled["label"].shape[0]
+    student_rng, teacher_rng = jax.random.split(rng)
+    student_logits, batch_stats = self.apply_train(
+        params, state.batch_stats,
+        jnp.concatenate([labelled["images"]["student"],
+                         unlabelled["images"]["student"]]), rng=student_rng)
+    teacher_logits, _ = self.apply_train(
+        state.target_params, state.target_batch_stats,
+        jnp.concatenate([labelled["images"]["teacher"],
+                         unlabelled["images"]["teacher"]]), rng=teacher_rng)
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    unsupervised = losses.mean_teacher_loss(student_logits=student_logits,
+                                            teacher_logits=teacher_logits)
+    metrics = ssc.target_telemetry(targets=teacher_logits[num_labelled:],
+                                   true_labels=unlabelled.get("true_label"))
+    return self.combine(state=state, batch_stats=batch_stats,
+                        labelled_logits=student_logits[:num_labelled],
+                        labels=labelled["label"], unsupervised_loss=unsupervised,
+                        metrics=metrics)

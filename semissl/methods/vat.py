@@ -1,0 +1,92 @@
+"""VAT, Virtual Adversarial Training (Miyato et al. 2018; survey L_u^VAT), and
+VAT + EntMin.
+
+One clean train-mode pass over [labelled; unlabelled] gives the labelled CE and
+the VAT target p(y|u) (stop-gradient). r_vadv comes from power iteration
+(`losses.vat_loss` / `vat_adversarial_direction`; xi, epsilon,
+`num_power_iterations`) and L_u = KL(p(y|u) || p(y|u + r_vadv)).
+
+Batch norm: every perturbed pass (power iteration and the final one) runs in
+train mode on [labelled; unlabelled + r], the same batch composition as the
+clean pass, so at r -> 0 it reproduces the clean logits exactly (the batch
+statistics differ only through r); its updated running averages are dropped,
+so perturbed inputs never pollute the stored batch statistics (VAT's
+`update_batch_stats=False`). The same dropout rng is used for the clean and the
+perturbed passes, so they differ only by r.
+
+L = CE(labelled) + mu(t) L_u + `entropy_weight` H(p(y|u)) (VAT + EntMin with
+entropy_weight = 1; 0 switches it off), mu(t) the sigmoid ramp-up.
+Telemetry 'pl_*': argmax of the clean unlabelled predictions.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from semissl import losses
+from semissl.methods import base
+from semissl.methods import semi_supervised_classifier as ssc
+
+
+@base.register
+class VAT(ssc.SemiSupervisedClassifier):
+  """Virtual adversarial consistency (+ optional entropy minimisation)."""
+
+  name = "vat"
+  labelled_view_names = ("image",)
+  unlabelled_view_names = ("image",)
+
+  defaults = {**ssc.SemiSupervisedClassifier.defaults, "epsilon": 2.0, "xi": 1e-6,
+              "num_power_iterations": 1, "entropy_weight": 0.0}
+
+  def validate(self):
+    super().validate()
+    self.check_positive("epsilon")
+    self.check_positive("xi")
+    self.check_non_negative("entropy_weight")
+    iterations = self.option("num_power_iterations")
+    if not isinstance(iterations, int) or iterations < 1:
+      raise ValueError(f"method.num_power_iterations={iterations!r} must be an "
+                       "integer >= 1.")
+
+  def loss_fn(self, params, batch, *, state, rng):
+    labelled, unlabelled = batch["labelled"], batch["unlabelled"]
+    num_labelled = labelled["label"].shape[0]
+    labelled_images = labelled["images"]["image"]
+    unlabelled_images = unlabelled["images"]["image"]
+    dropout_rng, direction_rng = jax.random.split(rng)
+    logits, batch_stats = self.apply_train(
+        params, state.batch_stats,
+        jnp.concatenate([labelled_images, unlabelled_images]), rng=dropout_rng)
+    labelled_logits, unlabelled_logits = ssc.split_rows(
+        logits, [num_labelled, logits.shape[0] - num_labelled])
+
+    def perturbed_logits(variables, perturbed_unlabelled):
+      # Same batch composition as the clean pass; the new statistics are dropped.
+      perturbed, _ = self.apply_train(
+          variables, state.batch_stats,
+          jnp.concatenate([labelled_images, perturbed_unlabelled]), rng=dropout_rng)
+      return perturbed[num_labelled:]
+
+    # The power iteration sees sg(params): r_vadv is a constant of the step, so
+    # the params gradient need not trace the derivative of the power iteration.
+    unsupervised, extras = losses.vat_loss(
+        apply_fn=functools.partial(perturbed_logits, params),
+        direction_apply_fn=functools.partial(perturbed_logits,
+                                             jax.lax.stop_gradient(params)),
+        x=unlabelled_images, logits=unlabelled_logits,
+        rng=direction_rng, xi=self.option("xi"), epsilon=self.option("epsilon"),
+        num_power_iterations=self.option("num_power_iterations"))
+    entropy = losses.entropy_minimization(logits=unlabelled_logits)
+    metrics = ssc.target_telemetry(targets=unlabelled_logits,
+                                   true_labels=unlabelled.get("true_label"))
+    perturbation = extras["perturbation"]
+    metrics.update(entropy=entropy, perturbation_norm=jnp.mean(jnp.sqrt(
+        jnp.sum(jnp.square(perturbation), axis=tuple(range(1, perturbation.ndim))))))
+    return self.combine(state=state, batch_stats=batch_stats,
+                        labelled_logits=labelled_logits, labels=labelled["label"],
+                        unsupervised_loss=unsupervised,
+                        extra_loss=self.option("entropy_weight") * entropy,
+                        metrics=metrics)
