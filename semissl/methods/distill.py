@@ -1,0 +1,128 @@
+"""SimCLRv2 stage 3: distillation with unlabelled data from a fixed teacher (Eq. 2, 3).
+
+`simclr_distill` trains a student on the teacher's softened predictions,
+P(y|x; tau) = softmax(logits / tau), over the unlabelled stream (Eq. 2), or with
+`method.alpha` < 1 also on the labelled stream's labels (Eq. 3). The teacher is
+a fine-tuned `simclr_finetune` network read once, at the start of a fresh run,
+from the latest checkpoint of `method.teacher_workdir` (every variable must be
+there: another architecture is a one-line error). It lives in `method_state`
+as {'teacher': {'params', 'batch_stats'}}, is applied in inference mode and is
+never updated; being part of the TrainState it is checkpointed, so a resumed
+run does not read the teacher workdir again.
+
+Self-distillation: the student has the teacher's encoder (without its
+projection head), temperature 0.1, and may start from the teacher through
+`config.init_from`; big-to-small: a smaller `config.model`, temperature 1.0,
+from scratch (SimCLRv2 §3.1).
+
+Config keys (`config.method`): teacher_workdir, temperature, alpha (1.0: Eq. 2
+only), the student's head_layers (0), head_hidden_dim, head_out_dim,
+finetune_layer (0), and the teacher's: teacher_model (a `config.model`; empty
+name: the student's), teacher_head_layers (3), teacher_head_hidden_dim,
+teacher_head_out_dim, teacher_finetune_layer (1).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from semissl import losses
+from semissl.methods import base, networks, simclr
+
+
+@base.register
+class SimCLRDistill(base.Method):
+  """Student trained on a fixed fine-tuned teacher's predictions (SimCLRv2 Eq. 2 / 3)."""
+
+  name = "simclr_distill"
+
+  def __init__(self, config, info):
+    super().__init__(config, info)
+    method = config.method
+    # Bad head settings (layer k) raise here, before training.
+    self.student = simclr.build_network(model_config=config.model, num_classes=info.num_classes,
+                                        **simclr.head_settings(method, default_head_layers=0))
+    teacher_model = method.get("teacher_model", None)
+    if not teacher_model or not teacher_model.get("name"):
+      teacher_model = config.model
+    self.teacher = simclr.build_network(
+        model_config=teacher_model, num_classes=info.num_classes,
+        **simclr.head_settings(method, prefix="teacher_", default_finetune_layer=1))
+    self.temperature = float(method.get("temperature", 0.1))
+    self.alpha = float(method.get("alpha", 1.0))
+
+  @property
+  def uses_labels(self) -> bool:
+    return self.alpha < 1.0
+
+  def validate(self):
+    method = self.config.method
+    if not method.get("teacher_workdir"):
+      raise ValueError("simclr_distill needs method.teacher_workdir: the workdir of the "
+                       "fine-tuned teacher (a simclr_finetune run).")
+    if self.temperature <= 0:
+      raise ValueError(f"method.temperature={self.temperature} must be positive.")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"method.alpha={self.alpha} must be in [0, 1] (1: no label loss).")
+    if "image" not in self.unlabelled_views:
+      raise ValueError("simclr_distill reads data.unlabelled_views['image']; name the view "
+                       "'image' (crop + flip only, SimCLRv2 §3.1).")
+    if self.uses_labels and "image" not in self.labelled_views:
+      raise ValueError(f"method.alpha={self.alpha} < 1 uses labels (Eq. 3): set "
+                       "data.labelled_views['image'].")
+
+  def init(self, rng, example_batch):
+    images = example_batch["unlabelled"]["images"]["image"]
+    student_rng, teacher_rng = jax.random.split(rng)
+    variables = self.student.init(simclr.init_rngs(student_rng), images, train=False)
+    teacher = self.teacher.init(simclr.init_rngs(teacher_rng), images, train=False)
+    teacher = {"params": teacher["params"], "batch_stats": teacher.get("batch_stats", {})}
+    return dict(variables), {"teacher": teacher}
+
+  def load_method_state(self, method_state):
+    from semissl.training import checkpointing  # lazy: training imports methods
+
+    workdir = self.config.method.teacher_workdir
+    try:
+      teacher = checkpointing.load_variables_from(workdir, method_state["teacher"],
+                                                  require_all=True)
+    except ValueError as error:
+      raise ValueError(f"method.teacher_workdir: {error}") from None
+    return dict(method_state, teacher=teacher)
+
+  def loss_fn(self, params, batch, *, state, rng):
+    unlabelled = batch["unlabelled"]
+    images = unlabelled["images"]["image"]
+    num_unlabelled = images.shape[0]
+    if self.uses_labels:
+      labelled = batch["labelled"]
+      images = jnp.concatenate([labelled["images"]["image"], images], axis=0)
+      labels = jnp.concatenate(
+          [labelled["label"], jnp.full((num_unlabelled,), -1, labelled["label"].dtype)])
+    outputs, updates = self.student.apply(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    student_logits = outputs["logits"]
+    teacher_logits = jax.lax.stop_gradient(
+        self.teacher.apply(state.method_state["teacher"], images, train=False)["logits"])
+    if self.uses_labels:
+      loss, metrics = losses.distillation_with_labels(
+          student_logits=student_logits, teacher_logits=teacher_logits, labels=labels,
+          temperature=self.temperature, alpha=self.alpha)
+    else:
+      loss = losses.distillation(student_logits=student_logits, teacher_logits=teacher_logits,
+                                 temperature=self.temperature)
+      metrics = {"distillation": loss}
+    teacher_labels = jnp.argmax(teacher_logits[-num_unlabelled:], -1)
+    metrics["student_teacher_agreement"] = jnp.mean(
+        jnp.argmax(student_logits[-num_unlabelled:], -1) == teacher_labels)
+    metrics.update(networks.pseudo_label_telemetry(
+        pseudo_labels=teacher_labels, true_labels=unlabelled["true_label"], prefix="teacher_"))
+    return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
+
+  def eval_logits(self, variables, images):
+    return self.student.apply(variables, images, train=False)["logits"]
+
+  def eval_features(self, variables, images):
+    return self.student.apply(variables, images, train=False)["features"]
+

@@ -1,0 +1,310 @@
+"""SemPPL method: loss wiring on tiny shapes, validation, sharding, configs, end to end."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from semissl import losses, methods
+from semissl.methods import semppl
+from semissl.training import checkpointing, sharding
+from semissl.training.train_state import TrainState
+
+from configs import sempl_fmnist, sempl_r50
+
+NUM_CLASSES = 3
+LABELLED, UNLABELLED = 8, 16
+LARGE, SMALL = ("large1", "large2"), ("small1",)
+SIZES = {"large1": 8, "large2": 8, "small1": 6}
+
+
+def _config(**method):
+  config = ml_collections.ConfigDict()
+  config.batch_size = LABELLED
+  config.mu = UNLABELLED // LABELLED
+  views = {name: {"name": "simclr", "size": size} for name, size in SIZES.items()}
+  config.data = {"image_size": 8, "labelled_views": views, "unlabelled_views": views}
+  config.model = {"name": "tiny_resnet", "stem_width": 4, "stage_widths": (4, 8),
+                  "stage_strides": (2, 2)}
+  config.method = dict(
+      name="semppl", large_views=LARGE, small_views=SMALL, queue_capacity=32,
+      num_neighbours=1, view_voting=True, temperature=0.2, num_negatives=3,
+      num_semantic_positives=2, alpha=0.2, contrastive_scale=0.3, invariance_scale=5.0,
+      projector_hidden_dim=16, projection_dim=8, predictor_hidden_dim=16,
+      vote_thresholds=(0.5, 1.0))
+  config.method.update(method)
+  config.optimizer = {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6,
+                      "warmup_steps": 1, "schedule": "cosine"}
+  config.ema = {"decay": 0.99, "schedule": "constant"}
+  return config
+
+
+def _info():
+  return methods.DatasetInfo(num_classes=NUM_CLASSES, image_shape=(8, 8, 1),
+                             num_labelled=40, num_unlabelled=200)
+
+
+def _batch(seed=0):
+  rs = np.random.RandomState(seed)
+
+  def views(n):
+    return {v: jnp.asarray(rs.normal(size=(n, s, s, 1)), jnp.float32)
+            for v, s in SIZES.items()}
+
+  return {"labelled": {"images": views(LABELLED),
+                       "label": jnp.asarray(rs.randint(0, NUM_CLASSES, LABELLED), jnp.int32)},
+          "unlabelled": {"images": views(UNLABELLED),
+                         "true_label": jnp.asarray(rs.randint(0, NUM_CLASSES, UNLABELLED),
+                                                   jnp.int32)}}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  method = semppl.SemPPL(_config(), _info())
+  method.validate()
+  batch = _batch()
+  variables, method_state = method.init(jax.random.PRNGKey(0), batch)
+  # A distinct EMA target, as after some training.
+  target = jax.tree.map(lambda x: x * 0.9, variables["params"])
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=None, target_params=target,
+      target_batch_stats=variables["batch_stats"], method_state=method_state,
+      rng=jax.random.PRNGKey(5))
+  return method, batch, variables, state
+
+
+def _stack(batch, names):
+  return jnp.concatenate([jnp.concatenate([batch["labelled"]["images"][v],
+                                           batch["unlabelled"]["images"][v]]) for v in names])
+
+
+def _independent_forward(method, batch, variables, state):
+  """Online predictions [3, N, D] (large first) and target projections [2, N, D]."""
+  model = method.model
+  (_, large), updates = model.apply(variables, _stack(batch, LARGE), train=True,
+                                    mutable=["batch_stats"])
+  (_, small), _ = model.apply({"params": variables["params"], **updates},
+                              _stack(batch, SMALL), train=True, mutable=["batch_stats"])
+  target, _ = model.apply({"params": state.target_params,
+                           "batch_stats": state.target_batch_stats},
+                          _stack(batch, LARGE), train=True, mutable=["batch_stats"],
+                          method=semppl.SemPPLNetwork.project)
+  n = LABELLED + UNLABELLED
+  online = jnp.concatenate([large.reshape(2, n, -1), small.reshape(1, n, -1)])
+  return online, target.reshape(2, n, -1)
+
+
+def test_loss_wiring_matches_listing_1_and_gradients_flow(setup):
+  method, batch, variables, state = setup
+  rng = jax.random.PRNGKey(7)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(method.loss_fn, has_aux=True))(
+      variables["params"], batch, state=state, rng=rng)
+  online, target = jax.jit(_independent_forward, static_argnums=0)(
+      method, batch, variables, state)
+  labels = batch["labelled"]["label"]
+
+  # Listing 1 line 23: labelled target projections of each large view enqueued first.
+  queue = aux.method_state["queue"]
+  np.testing.assert_array_equal(queue.labels[:, :LABELLED], np.stack([labels, labels]))
+  assert np.all(np.asarray(queue.labels[:, LABELLED:]) == losses.EMPTY_LABEL)
+  np.testing.assert_allclose(queue.embeddings[:, :LABELLED], target[:, :LABELLED],
+                             rtol=1e-4, atol=1e-5)
+  assert float(aux.metrics["queue_fill"]) == LABELLED / 32
+
+  # Eq. 2 + view voting: online predictions of the unlabelled large views as queries.
+  pseudo, votes = losses.knn_pseudo_labels(
+      queries=online[:2, LABELLED:], queue_embeddings=queue.embeddings,
+      queue_labels=queue.labels, num_classes=NUM_CLASSES, k=1)
+  assert int(votes.sum(-1).min()) == 4  # 2 large views squared
+  true = batch["unlabelled"]["true_label"]
+  np.testing.assert_allclose(aux.metrics["pl_accuracy"], np.mean(pseudo == true), atol=1e-6)
+
+  # Eq. 10 over labelled + unlabelled with a fresh draw per anchor view.
+  positives_rng, negatives_rng = jax.random.split(rng)
+  all_labels = jnp.concatenate([labels, pseudo])
+  positives, valid = losses.sample_semantic_positives(
+      rng=positives_rng, labels=all_labels, queue_embeddings=queue.embeddings,
+      queue_labels=queue.labels, num_positives=3 * 2)
+  n = LABELLED + UNLABELLED
+  positives = jnp.swapaxes(positives.reshape(2, 3, 2, n, -1), 0, 1)
+  valid = jnp.swapaxes(valid.reshape(2, 3, 2, n), 0, 1)
+  expected, extras = losses.semppl_loss(
+      online=online, target=target, semantic_positives=positives,
+      semantic_positive_mask=valid, rng=negatives_rng, num_negatives=3, temperature=0.2,
+      alpha=0.2, contrastive_scale=0.3, invariance_scale=5.0)
+  np.testing.assert_allclose(loss, expected, rtol=2e-4)
+  np.testing.assert_allclose(aux.metrics["semantic_contrastive"],
+                             extras["semantic_contrastive"], rtol=2e-4)
+  assert float(aux.metrics["semantic_positive_fraction"]) == 1.0  # labels all in the queue
+
+  # Gradients reach encoder, projector and predictor; online BN statistics move.
+  for module in ("backbone", "projector", "predictor"):
+    norm = _global_norm(grads[module])
+    assert np.isfinite(norm) and norm > 0, module
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), aux.batch_stats,
+                         variables["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+
+
+def _global_norm(tree):
+  return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+
+
+def test_without_pseudo_labels_only_labelled_get_semantic_positives(setup):
+  _, batch, variables, state = setup
+  method = semppl.SemPPL(_config(use_pseudo_labels=False), _info())
+  _, aux = jax.jit(method.loss_fn)(variables["params"], batch, state=state,
+                                   rng=jax.random.PRNGKey(2))
+  fraction = LABELLED / (LABELLED + UNLABELLED)
+  np.testing.assert_allclose(aux.metrics["semantic_positive_fraction"], fraction, atol=1e-6)
+
+
+def test_vote_telemetry_against_numpy():
+  votes = np.array([[4, 0, 0], [3, 1, 0], [2, 2, 0], [1, 1, 2], [0, 0, 0]])
+  pseudo = np.array([0, 1, 0, 2, -1])
+  true = np.array([0, 0, 0, 2, 1])
+  out = semppl.vote_telemetry(votes=jnp.asarray(votes), pseudo_labels=jnp.asarray(pseudo),
+                              true_labels=jnp.asarray(true), thresholds=(0.5, 0.75, 1.0))
+  agreement = votes.max(1) / np.maximum(votes.sum(1), 1)
+  for t in (0.5, 0.75, 1.0):
+    above = (agreement >= t) & (votes.sum(1) > 0)
+    correct = (pseudo == true) & above
+    name = str(round(100 * t))
+    np.testing.assert_allclose(out["pl_recall_at_" + name], above.mean(), atol=1e-6)
+    np.testing.assert_allclose(out["pl_precision_at_" + name],
+                               correct.sum() / max(above.sum(), 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": {"queue_capacity": 4}}, "smaller than the labelled batch"),
+    ({"method": {"num_neighbours": 33}}, "num_neighbours"),
+    ({"method": {"num_semantic_positives": 40}}, "num_semantic_positives"),
+    ({"method": {"num_semantic_positives": -1}}, "num_semantic_positives"),
+    ({"method": {"num_negatives": 24}}, "num_negatives"),
+    ({"method": {"large_views": ("large1", "large9")}}, "missing from config.data"),
+    ({"method": {"large_views": ()}}, "at least one large view"),
+    ({"method": {"large_views": ("large1", "small1")}}, "must share a size"),
+    ({"method": {"vote_thresholds": (0.0,)}}, "vote_thresholds"),
+    ({"method": {"num_negative": 3}}, "Unknown config.method keys"),
+])
+def test_validate_rejects_bad_config(change, message):
+  config = _config(**change["method"])
+  with pytest.raises(ValueError, match=message):
+    semppl.SemPPL(config, _info()).validate()
+
+
+def test_queue_sharded_on_slots_and_matches_single_device(setup, mesh8):
+  method, _, _, state = setup
+  batch = _batch(1)
+  shardings = sharding.tree_shardings(state, mesh8, method.state_sharding_rules())
+  queue_shardings = shardings.method_state["queue"]
+  assert queue_shardings.embeddings.spec == P(None, "data", None)
+  assert queue_shardings.labels.spec == P(None, "data")
+  sharded_state = jax.device_put(state, shardings)
+  sharded_batch = jax.device_put(batch, NamedSharding(mesh8, P("data")))
+  loss_fn = jax.jit(lambda s, b: method.loss_fn(s.params, b, state=s,
+                                                rng=jax.random.PRNGKey(3)))
+  sharded_loss, sharded_aux = loss_fn(sharded_state, sharded_batch)
+  device = jax.devices()[0]
+  loss, aux = loss_fn(jax.device_put(state, device), jax.device_put(batch, device))
+  np.testing.assert_allclose(sharded_loss, loss, rtol=1e-4)
+  np.testing.assert_allclose(sharded_aux.method_state["queue"].embeddings,
+                             aux.method_state["queue"].embeddings, rtol=1e-4, atol=1e-5)
+  assert sharded_aux.method_state["queue"].embeddings.sharding.is_equivalent_to(
+      NamedSharding(mesh8, P(None, "data", None)), 3)
+
+
+def test_encoder_paths_match_supervised_classifier(setup):
+  method, batch, variables, _ = setup
+  config = _config()
+  supervised = methods.get_method("supervised")(config, _info())
+  image = batch["labelled"]["images"]["large1"]
+  classifier = supervised.model.init(jax.random.PRNGKey(0), image, train=False)
+  for collection in ("params", "batch_stats"):
+    ours = jax.tree.map(jnp.shape, variables[collection]["backbone"])
+    theirs = jax.tree.map(jnp.shape, classifier[collection]["backbone"])
+    assert ours == theirs
+  features = method.eval_features(variables, image)
+  assert features.shape == (LABELLED, 8)
+
+
+def test_r50_config_has_the_paper_values():
+  config = sempl_r50.get_config()
+  m = config.method
+  batch = config.batch_size + config.mu * config.batch_size
+  assert batch == 4096 and m.queue_capacity == 20 * 4096
+  assert (m.num_neighbours, m.view_voting, m.temperature, m.num_negatives) == (1, True, 0.2, 10)
+  assert m.num_semantic_positives == 3 and math.isclose(m.alpha, 1 / 5)
+  assert (m.invariance_scale, m.contrastive_scale) == (5.0, 0.3)
+  assert (m.projector_hidden_dim, m.projection_dim, m.predictor_hidden_dim) == (4096, 256, 4096)
+  assert m.large_views == ("large1", "large2", "large3", "large4")
+  assert m.small_views == ("small1", "small2")
+  opt = config.optimizer
+  assert (opt.name, opt.base_lr, opt.lr_scaling, opt.lr_batch_size) == ("lars", 0.3, "linear",
+                                                                        4096)
+  assert opt.weight_decay == 1e-6 and opt.schedule == "cosine"
+  assert opt.exclude_from_weight_decay == r"(bias|scale)$"
+  steps_per_epoch = 1_281_167 / 4096
+  assert abs(config.num_train_steps / steps_per_epoch - 300) < 0.01
+  assert abs(opt.warmup_steps / steps_per_epoch - 10) < 0.01
+  assert config.ema.decay == 0.996
+  assert config.data.labelled_ids_file.endswith("1percent.txt")
+  assert sempl_r50.get_config("labels=10pct").data.labelled_ids_file.endswith("10percent.txt")
+  # Table 12: odd views 1, 3 (and small 1), even 2, 4 (and small 2).
+  views = config.data.unlabelled_views
+  for name in ("large1", "large3", "small1"):
+    assert views[name].blur_prob == 0.1 and views[name].solarize_prob == 0.2
+  for name in ("large2", "large4", "small2"):
+    assert views[name].blur_prob == 1.0 and views[name].solarize_prob == 0.0
+  for spec in views.values():
+    assert (spec.flip_prob, spec.jitter_prob, spec.grayscale_prob) == (0.5, 0.8, 0.2)
+    assert (spec.brightness, spec.contrast, spec.saturation, spec.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert tuple(spec.blur_sigma_range) == (0.1, 2.0) and spec.crop_prob == 0.5
+  assert [tuple(views[v].area_range) for v in ("large1", "large2", "small1")] == [
+      (0.14, 1.0), (0.08, 1.0), (0.05, 0.14)]
+  assert {views[v].size for v in ("large1", "large2", "large3", "large4")} == {224}
+  assert {views[v].size for v in ("small1", "small2")} == {96}
+  models = {a: sempl_r50.get_config(a).model for a in
+            ("model=r50x2", "model=r50x4", "model=r200x2", "sk=True")}
+  assert (models["model=r50x4"].name, models["model=r50x4"].width_multiplier) == ("resnet50", 4)
+  assert (models["model=r200x2"].name, models["model=r200x2"].width_multiplier) == (
+      "resnet200", 2)
+  assert models["sk=True"].sk == "semppl"
+  assert sempl_r50.get_config("ema=byol_cosine").ema.schedule == "byol_cosine"
+
+
+def test_configs_validate():
+  for config in (sempl_r50.get_config(), sempl_fmnist.get_config(),
+                 sempl_r50.get_config("runlocal,dataset=fashion_mnist")):
+    semppl.SemPPL(config, _info()).validate()
+  with pytest.raises(ValueError, match="init_from"):
+    sempl_fmnist.get_config("stage=finetune")
+
+
+def test_end_to_end_pretrain_then_finetune(tmp_path):
+  from semissl.training import train_and_evaluate
+  pretrain_dir, finetune_dir = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
+  results = train_and_evaluate(sempl_fmnist.get_config("runlocal"), pretrain_dir)
+  saved = json.load(open(os.path.join(pretrain_dir, "results.json")))["metrics"]
+  for key in ("eval_knn_top1", "eval_ema_knn_top1", "train_loss", "train_pl_accuracy",
+              "train_pl_precision_at_50", "train_pl_recall_at_50", "train_queue_fill"):
+    assert np.isfinite(saved[key]), key
+  assert 0.0 <= results["eval_knn_top1"] <= 1.0 and saved["step"] == 6
+
+  config = sempl_fmnist.get_config(f"runlocal,stage=finetune,init_from={pretrain_dir}")
+  finetuned = train_and_evaluate(config, finetune_dir)
+  assert np.isfinite(finetuned["eval_top1"])
+  # The fine-tune stage started from the SemPPL encoder: every backbone variable matched.
+  supervised = methods.get_method("supervised")(config, _info())
+  init = supervised.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+  loaded = checkpointing.load_variables_from(pretrain_dir, dict(init))
+  for collection in ("params", "batch_stats"):
+    differs = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                           loaded[collection]["backbone"], init[collection]["backbone"])
+    assert all(jax.tree.leaves(differs)) or collection == "batch_stats"
