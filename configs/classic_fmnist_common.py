@@ -46,7 +46,7 @@ def fmnist_config(args: ml_collections.ConfigDict, *, method_name: str,
   config.batch_size = 64
   config.eval_batch_size = 1000
   config.optimizer.name = "sgd"
-  config.optimizer.base_lr = 0.1
+  config.optimizer.base_lr = 0.4  # x B/256: 0.1 at B=64 (beat 0.025 by 14 points in 400 steps)
   config.optimizer.lr_scaling = "linear"
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True

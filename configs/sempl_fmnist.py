@@ -23,11 +23,15 @@ What differs from configs/sempl_r50.py and why (CPU budget, 28x28 gray images):
 tiny_resnet encoder (stride-2 stages), 28 px large views (20 px small views
 with small=N) with Table 12's photometric parameters and crop areas scaled up
 for 28 px images; 2 large views and no small views by default (4 votes
-instead of 16; in a short CPU run the 20 px multi-crop views cost more than
-they help); projector/predictor 512 -> 128; batch 16 labelled + 80
+instead of 16; every view is another encoder pass per example),
+large=4,small=2 gives the paper's view structure; projector/predictor
+512 -> 128; batch 16 labelled + 80
 unlabelled; queue 1024 slots per view; EMA 0.99; 300 steps. LARS with lr 2.0,
 not 0.3 x B/256: at B = 96 the paper's rule moves weights by ~1e-4 of their
 norm per step (trust ratio 1e-3 x lr 0.11), far too slow for 300 steps.
+The fine-tune stage puts the classifier on the encoder output (SemPPL App. A.1
+puts it on the projector's first layer) and trains everything with the
+supervised_fmnist recipe, so stage=scratch is the like-for-like baseline.
 """
 from configs import common
 from semissl.data import augment_simclr

@@ -34,6 +34,12 @@ Choices the paper leaves open, made here:
 * Table 12's 50% crop probability is kept as stated (BYOL crops always).
 * The saliency-masking augmentation (App. E, p = 0.1 on large views) needs
   saliency masks that are not part of ImageNet; it is not implemented.
+* Encoder: `models.ResNet` (v1, post-activation; §2.1 says "v1; pre-activation").
+* This is the pretraining stage only (no classifier; the k-NN monitor on encoder
+  features is its eval metric). App. A.1's fine-tuning (classifier on the
+  projector's first layer, SGD-Nesterov, 30 epochs) is a separate stage, not
+  configured here; configs/sempl_fmnist.py:stage=finetune shows the mechanism
+  (`init_from` copies the `backbone/...` variables) on the encoder output.
 """
 from configs import common
 from semissl.data import augment_simclr
@@ -137,9 +143,11 @@ def get_config(arg=None):
 
   if args.runlocal:
     common.make_runlocal(config)
-    if args.dataset != "imagenet2012":
+    config.eval_every_steps = 0  # one evaluation, at the end
+    if args.dataset != "imagenet2012":  # e.g. fashion_mnist: a CPU smoke run
       common.set_labels(data, args.labels)
       data.labelled_ids_file = None
+      data.eval_split = "test"
     data.image_size = 32
     for name in views:
       for stream in (data.labelled_views, data.unlabelled_views):

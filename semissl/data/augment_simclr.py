@@ -28,7 +28,8 @@ Table 6 crops always. `SEMPPL_*` presets keep Table 12's 0.5, `BYOL_*` use 1.0.
 
 Presets (plain dicts of this augmentation's parameters, no 'size'/'area_range'
 where those depend on the view's scale): `SEMPPL_EVEN`, `SEMPPL_ODD` (Table 12
-columns; crop areas in `SEMPPL_AREA`), `BYOL_VIEW_1`, `BYOL_VIEW_2`
+columns; crop size and area per parity and scale in `SEMPPL_CROP`),
+`BYOL_VIEW_1`, `BYOL_VIEW_2`
 (Grill et al. 2020, Table 6). `view_spec(preset=..., size=..., ...)` and
 `semppl_view_spec(parity=..., scale=...)` build specs.
 """

@@ -68,7 +68,7 @@ def setup():
   method = semppl.SemPPL(_config(), _info())
   method.validate()
   batch = _batch()
-  variables, method_state = method.init(jax.random.PRNGKey(0), batch)
+  variables, method_state = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
   # A distinct EMA target, as after some training.
   target = jax.tree.map(lambda x: x * 0.9, variables["params"])
   state = TrainState(
@@ -117,27 +117,13 @@ def test_loss_wiring_matches_listing_1_and_gradients_flow(setup):
                              rtol=1e-4, atol=1e-5)
   assert float(aux.metrics["queue_fill"]) == LABELLED / 32
 
-  # Eq. 2 + view voting: online predictions of the unlabelled large views as queries.
-  pseudo, votes = losses.knn_pseudo_labels(
-      queries=online[:2, LABELLED:], queue_embeddings=queue.embeddings,
-      queue_labels=queue.labels, num_classes=NUM_CLASSES, k=1)
+  # Eq. 2 + view voting (queries: online predictions of the unlabelled large
+  # views), then Eq. 10 over labelled + unlabelled with a draw per anchor view.
+  pseudo, votes, expected, extras = jax.jit(_reference_loss)(online, target, queue, labels,
+                                                             rng)
   assert int(votes.sum(-1).min()) == 4  # 2 large views squared
   true = batch["unlabelled"]["true_label"]
   np.testing.assert_allclose(aux.metrics["pl_accuracy"], np.mean(pseudo == true), atol=1e-6)
-
-  # Eq. 10 over labelled + unlabelled with a fresh draw per anchor view.
-  positives_rng, negatives_rng = jax.random.split(rng)
-  all_labels = jnp.concatenate([labels, pseudo])
-  positives, valid = losses.sample_semantic_positives(
-      rng=positives_rng, labels=all_labels, queue_embeddings=queue.embeddings,
-      queue_labels=queue.labels, num_positives=3 * 2)
-  n = LABELLED + UNLABELLED
-  positives = jnp.swapaxes(positives.reshape(2, 3, 2, n, -1), 0, 1)
-  valid = jnp.swapaxes(valid.reshape(2, 3, 2, n), 0, 1)
-  expected, extras = losses.semppl_loss(
-      online=online, target=target, semantic_positives=positives,
-      semantic_positive_mask=valid, rng=negatives_rng, num_negatives=3, temperature=0.2,
-      alpha=0.2, contrastive_scale=0.3, invariance_scale=5.0)
   np.testing.assert_allclose(loss, expected, rtol=2e-4)
   np.testing.assert_allclose(aux.metrics["semantic_contrastive"],
                              extras["semantic_contrastive"], rtol=2e-4)
@@ -150,6 +136,24 @@ def test_loss_wiring_matches_listing_1_and_gradients_flow(setup):
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), aux.batch_stats,
                          variables["batch_stats"])
   assert all(jax.tree.leaves(changed))
+
+
+def _reference_loss(online, target, queue, labels, rng):
+  pseudo, votes = losses.knn_pseudo_labels(
+      queries=online[:2, LABELLED:], queue_embeddings=queue.embeddings,
+      queue_labels=queue.labels, num_classes=NUM_CLASSES, k=1)
+  positives_rng, negatives_rng = jax.random.split(rng)
+  positives, valid = losses.sample_semantic_positives(
+      rng=positives_rng, labels=jnp.concatenate([labels, pseudo]),
+      queue_embeddings=queue.embeddings, queue_labels=queue.labels, num_positives=3 * 2)
+  n = LABELLED + UNLABELLED
+  positives = jnp.swapaxes(positives.reshape(2, 3, 2, n, -1), 0, 1)
+  valid = jnp.swapaxes(valid.reshape(2, 3, 2, n), 0, 1)
+  loss, extras = losses.semppl_loss(
+      online=online, target=target, semantic_positives=positives,
+      semantic_positive_mask=valid, rng=negatives_rng, num_negatives=3, temperature=0.2,
+      alpha=0.2, contrastive_scale=0.3, invariance_scale=5.0)
+  return pseudo, votes, loss, extras
 
 
 def _global_norm(tree):
