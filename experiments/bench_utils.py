@@ -112,7 +112,8 @@ def benchmark_train_step(config, *, steps: int, num_classes: int) -> dict:
   compiled = train_step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  # XLA's cost analysis of an SPMD-partitioned program counts one device's share.
+  flops = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
   memory = compiled.memory_analysis()
   collectives = collective_bytes(compiled.as_text())
   grad_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
@@ -138,7 +139,7 @@ def benchmark_train_step(config, *, steps: int, num_classes: int) -> dict:
       "achieved_gflops": flops / step_time / 1e9,
       "matmul_peak_gflops": peak / 1e9,
       "fraction_of_peak": flops / step_time / peak,
-      "compiled_memory_mb": mem_bytes / 2 ** 20,
+      "compiled_memory_mb_per_device": mem_bytes / 2 ** 20,
       "allreduce_mb": collectives["all-reduce"] / 2 ** 20,
       "allgather_mb": collectives["all-gather"] / 2 ** 20,
       "reducescatter_mb": collectives["reduce-scatter"] / 2 ** 20,
