@@ -45,9 +45,11 @@ from semissl.data import augment
 NAME = "simclr"
 PARAMS = ("crop_prob", "area_range", "aspect_ratio_range", "flip_prob",
           "jitter_prob", "brightness", "contrast", "saturation", "hue",
-          "grayscale_prob", "blur_prob", "blur_sigma_range", "solarize_prob")
+          "grayscale_prob", "blur_prob", "blur_sigma_range", "solarize_prob",
+          "saliency_mask_prob")
 DEFAULTS = {
     "crop_prob": 1.0,
+    "saliency_mask_prob": 0.0,  # not implemented: any other value is refused
     "area_range": (0.08, 1.0),
     "aspect_ratio_range": (3 / 4, 4 / 3),
     "flip_prob": 0.5,
@@ -255,6 +257,10 @@ def _spec_with_defaults(spec: Mapping) -> dict:
 
 def check_spec(spec: Mapping) -> None:
   """One-line ValueError for bad 'simclr' parameter values (config-check time)."""
+  if spec.get("saliency_mask_prob", 0.0):
+    raise ValueError(
+        "saliency_mask_prob: RELICv2/SemPPL saliency background masking is not implemented "
+        "(it needs per-image saliency masks, which no dataset here provides); set it to 0.")
   _spec_with_defaults(spec)
 
 

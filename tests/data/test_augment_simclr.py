@@ -174,3 +174,10 @@ def test_bad_parameters_raise_at_config_check(gray_image, bad):
     augment.check_view_spec({**ALL_OFF, **bad}, where="data.unlabelled_views['large1']")
   with pytest.raises(ValueError):
     _run(gray_image, {**ALL_OFF, **bad})
+
+
+def test_saliency_masking_is_refused_with_a_clear_message():
+  from semissl.data import augment
+  with pytest.raises(ValueError, match="saliency background masking is not implemented"):
+    augment.check_view_spec({"name": "simclr", "saliency_mask_prob": 0.1}, where="view")
+  augment.check_view_spec({"name": "simclr", "saliency_mask_prob": 0.0}, where="view")
