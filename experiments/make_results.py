@@ -33,7 +33,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Experiment seed.")
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  config: str  # configs/<file>.py[:variants]; '{labels}' is substituted
+  config: str  # configs/<file>.py[:variants]; '{labels}', '{prev}' (previous workdir) substituted
   fraction: float = 1.0  # share of the step budget
   init_from_previous: bool = False
   extra: tuple[str, ...] = ()  # further --config.* flags; '{prev}' = previous workdir
@@ -66,7 +66,8 @@ ENTRIES = (
     _single("remixmatch_da (fixmatch + DA)", "remixmatch_fmnist"),
     Entry("semppl + fine-tune", (
         Stage("configs/sempl_fmnist.py:labels={labels}", 0.75),
-        Stage("configs/sempl_fmnist.py:labels={labels},stage=finetune", 0.25, True))),
+        Stage("configs/sempl_fmnist.py:labels={labels},stage=finetune,init_from={prev}",
+              0.25))),
     Entry("simclrv2 pretrain + fine-tune", (
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=pretrain", 0.75),
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=finetune", 0.25, True))),
@@ -87,7 +88,7 @@ def run_entry(entry: Entry, labels: str, steps: int) -> dict:
   previous, commands, seconds = None, [], 0.0
   for index, stage in enumerate(entry.stages):
     workdir = os.path.join(_ROOT.value, labels, f"{_slug(entry.name)}_stage{index}")
-    config = stage.config.format(labels=labels)
+    config = stage.config.format(labels=labels, prev=previous)
     stage_steps = max(int(round(steps * stage.fraction)), 1)
     command = [sys.executable, "experiments/main.py", f"--config={config}",
                f"--workdir={workdir}", f"--config.num_train_steps={stage_steps}",
