@@ -17,7 +17,8 @@
 
 Config keys (`config.method`): temperature, head_layers (3), head_hidden_dim
 (0: the encoder width, SimCLRv2 footnote 2), head_out_dim (128), queue_size
-(0: no memory), finetune_layer (k).
+(0: no memory), finetune_layer (k), head_type ('simclr'; 'semppl' fine-tunes a
+SemPPL run from its projector's first layer, SemPPL App. A.1).
 """
 from __future__ import annotations
 
@@ -35,10 +36,30 @@ from semissl import models
 from semissl.methods import base, networks, supervised
 
 
+class ProjectorFirstLayer(nn.Module):
+  """Layer 1 of a BYOL/SemPPL projector (`models.MLPHead`): dense -> BN -> ReLU, with
+  MLPHead's parameter names, so that `init_from` a SemPPL run loads it (SemPPL
+  App. A.1 fine-tunes from the projector's first layer, after the non-linearity)."""
+
+  hidden_dim: int = 4096
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    h = nn.Dense(self.hidden_dim, name="dense1")(x)
+    h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, name="bn1")(h)
+    return nn.relu(h)
+
+
+HEAD_TYPES = ("simclr", "semppl")
+
+
 class SimCLRNetwork(nn.Module):
   """Encoder f -> projection head g -> optional classifier on head layer k.
 
-  Returns {'features': f(x), 'projection': g(f(x)) (if the head has layers),
+  Returns {'features': f(x), 'projection': g(f(x)) (SimCLR head with layers),
   'logits': classifier(hiddens[k]) (if num_classes)}.
 
   Attributes:
@@ -48,6 +69,9 @@ class SimCLRNetwork(nn.Module):
     head_out_dim: projection size.
     num_classes: classifier outputs (0: no classifier).
     classifier_layer: k, the head layer the classifier reads (0: f(x)).
+    head_type: 'simclr' (SimCLRv2's `ProjectionHead`, named 'projection') or
+      'semppl' (only the first layer of SemPPL's projector, named 'projector';
+      head_layers 1, for fine-tuning SemPPL runs).
   """
 
   backbone: nn.Module
@@ -56,13 +80,17 @@ class SimCLRNetwork(nn.Module):
   head_out_dim: int = 128
   num_classes: int = 0
   classifier_layer: int = 0
+  head_type: str = "simclr"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     features = self.backbone(x, train=train)
     outputs = {"features": features}
     hiddens = (features,)
-    if self.head_layers:
+    if self.head_layers and self.head_type == "semppl":
+      hiddens += (ProjectorFirstLayer(self.head_hidden_dim or 4096, name="projector")(
+          features, train=train),)
+    elif self.head_layers:
       outputs["projection"], hiddens = models.ProjectionHead(
           num_layers=self.head_layers, hidden_dim=self.head_hidden_dim,
           out_dim=self.head_out_dim, name="projection")(features, train=train)
@@ -73,28 +101,34 @@ class SimCLRNetwork(nn.Module):
 
 
 def head_settings(method_config: Any, *, prefix: str = "", default_head_layers: int = 3,
-                  default_finetune_layer: int = 0) -> dict[str, int]:
+                  default_finetune_layer: int = 0) -> dict[str, Any]:
   """The `config.method.<prefix>head_*` / `<prefix>finetune_layer` keys, with defaults.
 
-  Raises a one-line ValueError unless 0 <= finetune_layer <= head_layers.
+  Raises a one-line ValueError unless 0 <= finetune_layer <= head_layers (and
+  head_layers <= 1 for head_type 'semppl').
   """
   get = lambda key, default: int(method_config.get(prefix + key, default) or 0)
   settings = {"head_layers": get("head_layers", default_head_layers),
-              "head_hidden_dim": get("head_hidden_dim", 0), "head_out_dim": get("head_out_dim", 128),
-              "finetune_layer": get("finetune_layer", default_finetune_layer)}
-  if settings["head_layers"] < 0:
-    raise ValueError(f"method.{prefix}head_layers={settings['head_layers']} must be >= 0.")
-  if not 0 <= settings["finetune_layer"] <= settings["head_layers"]:
+              "head_hidden_dim": get("head_hidden_dim", 0),
+              "head_out_dim": get("head_out_dim", 128),
+              "finetune_layer": get("finetune_layer", default_finetune_layer),
+              "head_type": method_config.get(prefix + "head_type", "simclr")}
+  layers, where = settings["head_layers"], f"method.{prefix}"
+  if settings["head_type"] not in HEAD_TYPES:
+    raise ValueError(f"{where}head_type={settings['head_type']!r}; use one of {HEAD_TYPES}.")
+  if layers < 0 or (settings["head_type"] == "semppl" and layers > 1):
+    raise ValueError(f"{where}head_layers={layers} must be >= 0 (at most 1 for head_type "
+                     "'semppl': only the projector's first layer is kept).")
+  if not 0 <= settings["finetune_layer"] <= layers:
     raise ValueError(
-        f"method.{prefix}finetune_layer={settings['finetune_layer']} is outside the projection "
-        f"head (method.{prefix}head_layers={settings['head_layers']}); use "
-        f"0..{settings['head_layers']}.")
+        f"{where}finetune_layer={settings['finetune_layer']} is outside the projection head "
+        f"({where}head_layers={layers}); use 0..{layers}.")
   return settings
 
 
 def build_network(*, model_config: ml_collections.ConfigDict, head_layers: int = 3,
                   head_hidden_dim: int = 0, head_out_dim: int = 128, num_classes: int = 0,
-                  finetune_layer: int = 0) -> SimCLRNetwork:
+                  finetune_layer: int = 0, head_type: str = "simclr") -> SimCLRNetwork:
   """`SimCLRNetwork` with the backbone of `model_config` (a `config.model`).
 
   With `num_classes`, the classifier sits on head layer `finetune_layer`.
@@ -102,7 +136,8 @@ def build_network(*, model_config: ml_collections.ConfigDict, head_layers: int =
   return SimCLRNetwork(
       backbone=networks.build_backbone(model_config), head_layers=head_layers,
       head_hidden_dim=head_hidden_dim or None, head_out_dim=head_out_dim,
-      num_classes=num_classes, classifier_layer=finetune_layer if num_classes else 0)
+      num_classes=num_classes, classifier_layer=finetune_layer if num_classes else 0,
+      head_type=head_type)
 
 
 def init_rngs(rng: jax.Array) -> dict[str, jax.Array]:
@@ -136,6 +171,9 @@ class SimCLR(base.Method):
       raise ValueError(f"method.temperature={self.temperature} must be positive.")
     if self.queue_size < 0:
       raise ValueError(f"method.queue_size={self.queue_size} must be >= 0 (0: no memory).")
+    if self.network.head_type != "simclr":
+      raise ValueError(f"simclr pretrains SimCLRv2's projection head; method.head_type="
+                       f"{self.network.head_type!r} is for fine-tuning only.")
 
   def _embedding(self, outputs):
     return outputs["projection"] if self.network.head_layers else outputs["features"]

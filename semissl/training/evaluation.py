@@ -35,8 +35,6 @@ import optax
 from semissl import losses
 from semissl.training import sharding
 
-PyTree = Any
-
 
 def knn_class_scores(*, query_features: jax.Array, bank_features: jax.Array,
                      bank_labels: jax.Array, num_classes: int, k: int,
@@ -270,18 +268,36 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
 def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
                              encoder_base_lr: float = 0.0025,
                              classifier_base_lr: float = 0.2,
-                             num_epochs: float = 30.0) -> ml_collections.ConfigDict:
+                             num_epochs: float = 30.0,
+                             head_type: str | None = None) -> ml_collections.ConfigDict:
   """Sets `config` (in place; returned) to SemPPL's fine-tuning protocol (App. A.1).
 
-  Classifier on the first projector layer (after its non-linearity), encoder
-  and first projector layer initialised from the pretrained run (init_from);
-  cross-entropy; SGD with Nesterov momentum 0.9; base learning rates (x B/256)
-  for the encoder and for the classifier (their sweep: {0.001..0.005} and
-  {0.025..0.5}) as an optax.multi_transform over parameter paths; x0.2 at 18 and
-  24 of 30 epochs; no weight decay and no warm-up.
+  `simclr_finetune` with the classifier on the first projector layer (after its
+  non-linearity); point `config.init_from` at the pretraining run to load the
+  encoder and that layer. `head_type` 'semppl' (the default when `config` is a
+  SemPPL config) keeps SemPPL's projector layer 1 (width
+  `method.projector_hidden_dim`), 'simclr' SimCLRv2's head. Cross-entropy on
+  crop + flip views of the labelled images; SGD with Nesterov momentum 0.9;
+  base learning rates (x B/256) for the encoder (and projector layer) and for
+  the classifier (their sweep: {0.001..0.005} and {0.025..0.5}) through an
+  optax.multi_transform over parameter paths (`optimizer.lr_multipliers`); x0.2
+  at 18 and 24 of 30 epochs; no weight decay, no warm-up.
   """
-  config.method.name = "simclr_finetune"
-  config.method.finetune_layer = 1
+  method = config.method
+  head_type = head_type or ("semppl" if method.get("name") == "semppl"
+                            else method.get("head_type", "simclr"))
+  if head_type == "semppl":
+    head = dict(head_type="semppl", head_layers=1,
+                head_hidden_dim=int(method.get("projector_hidden_dim", 4096)))
+  else:
+    head = dict(head_type="simclr", head_layers=int(method.get("head_layers", 3)),
+                head_hidden_dim=int(method.get("head_hidden_dim", 0) or 0),
+                head_out_dim=int(method.get("head_out_dim", 128)))
+  config.method = ml_collections.ConfigDict(dict(name="simclr_finetune", finetune_layer=1,
+                                                 **head))
+  config.data.labelled_views = {"image": {"name": "crop_flip"}}
+  config.data.unlabelled_views = {}
+  config.mu = 0
   opt = config.optimizer
   opt.name = "sgd"
   opt.momentum = 0.9
@@ -293,7 +309,7 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   opt.schedule = "step"
   opt.step_decay_fractions = (18.0 / 30.0, 24.0 / 30.0)
   opt.step_decay_factor = 0.2
-  opt.warmup_epochs = 0
+  opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
   opt.warmup_steps = 0
   config.num_epochs = num_epochs
   config.num_train_steps = 0

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import simclrv2_fmnist, simclrv2_r50
+from semissl import models
 from semissl.methods import base, distill, simclr
 from semissl.training import checkpointing, evaluation, optimizers, sharding
 from semissl.training import train_and_evaluate
@@ -62,6 +63,26 @@ def _numpy_distillation(student, teacher, temperature):
       x - x.max(1, keepdims=True)).sum(1, keepdims=True)
   return -np.mean(np.sum(softmax(teacher / temperature) * np.log(softmax(student / temperature)),
                          axis=1))
+
+
+def test_semppl_head_type_loads_the_projector_first_layer():
+  """head_type 'semppl' has MLPHead's layer-1 names under 'projector' (SemPPL's paths)."""
+  method = simclr.SimCLRFinetune(_config(name="simclr_finetune", head_type="semppl",
+                                         head_layers=1, head_hidden_dim=16, finetune_layer=1),
+                                 INFO)
+  images = _images(6)
+  variables = jax.eval_shape(method.init, jax.random.PRNGKey(0),
+                             {"labelled": {"images": {"image": images}}})[0]
+  projector = jax.eval_shape(functools.partial(models.MLPHead(16, 4).init, train=False),
+                             jax.random.PRNGKey(0), jnp.zeros((8, 8)))
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  for collection in ("params", "batch_stats"):
+    ours = variables[collection]["projector"]
+    assert shapes(ours) == {k: shapes(v) for k, v in projector[collection].items() if k in ours}
+  assert set(variables["params"]["projector"]) == {"dense1", "bn1"}
+  assert variables["params"]["classifier"]["dense"]["kernel"].shape == (16, 3)
+  with pytest.raises(ValueError, match="at most 1 for head_type 'semppl'"):
+    simclr.head_settings(ml_collections.ConfigDict({"head_type": "semppl", "head_layers": 3}))
 
 
 def _plain_state(variables, method_state=None):

@@ -1,5 +1,4 @@
 """Evaluation protocols: k-NN vote and monitor, linear probe, per-group lrs, eval iterators."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -142,13 +141,26 @@ def test_lr_multipliers_and_step_schedule():
 
 
 def test_semppl_finetune_protocol():
-  config = ml_collections.ConfigDict({
-      "method": {"name": "simclr"}, "optimizer": {"name": "lars", "weight_decay": 1e-4,
-                                                  "warmup_epochs": 5},
-      "num_epochs": 100.0, "num_train_steps": 7})
-  evaluation.semppl_finetune_protocol(config, encoder_base_lr=0.002, classifier_base_lr=0.1)
+  def pretraining_config(method):
+    return ml_collections.ConfigDict({
+        "method": method, "mu": 1,
+        "data": {"labelled_views": {}, "unlabelled_views": {"view1": {"name": "simclr"}}},
+        "optimizer": {"name": "lars", "weight_decay": 1e-4, "warmup_epochs": 5},
+        "num_epochs": 100.0, "num_train_steps": 7})
+
+  semppl = evaluation.semppl_finetune_protocol(pretraining_config(
+      {"name": "semppl", "projector_hidden_dim": 64}))
+  assert semppl.method.to_dict() == {"name": "simclr_finetune", "finetune_layer": 1,
+                                     "head_type": "semppl", "head_layers": 1,
+                                     "head_hidden_dim": 64}
+  config = evaluation.semppl_finetune_protocol(pretraining_config(
+      {"name": "simclr", "head_layers": 3, "head_out_dim": 32}),
+      encoder_base_lr=0.002, classifier_base_lr=0.1)
   assert (config.method.name, config.method.finetune_layer) == ("simclr_finetune", 1)
-  assert config.num_epochs == 30.0 and config.num_train_steps == 0
+  assert (config.method.head_type, config.method.head_out_dim) == ("simclr", 32)
+  assert config.num_epochs == 30.0 and config.num_train_steps == 0 and config.mu == 0
+  assert config.data.labelled_views.to_dict() == {"image": {"name": "crop_flip"}}
+  assert not config.data.unlabelled_views
   tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=512, total_steps=300,
                                            steps_per_epoch=10)
   params = {"backbone": {"kernel": jnp.ones(2)}, "projection": {"dense1": {"kernel": jnp.ones(2)}},
