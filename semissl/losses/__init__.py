@@ -10,7 +10,7 @@ from semissl.losses.distillation import distillation_with_labels
 from semissl.losses.queue import EMPTY_LABEL
 from semissl.losses.queue import init_labelled_queue
 from semissl.losses.queue import LabelledQueue
-from semissl.losses.queue import push
+from semissl.losses.queue import push_labelled_queue
 from semissl.losses.semppl import invariance_kl
 from semissl.losses.semppl import sample_negative_indices
 from semissl.losses.semppl import semppl_contrastive

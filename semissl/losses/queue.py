@@ -8,7 +8,7 @@ random unit vectors.
 
 A per-view stack of queues (SemPPL keeps one queue per large view) is the same
 NamedTuple with a leading view axis on every field: embeddings [V, C, D], labels
-[V, C], pointer [V], num_filled [V]. `push` handles both forms.
+[V, C], pointer [V], num_filled [V]. `push_labelled_queue` handles both forms.
 """
 
 from typing import NamedTuple
@@ -99,7 +99,7 @@ def _push_single(
   )
 
 
-def push(
+def push_labelled_queue(
     queue: LabelledQueue,
     *,
     embeddings: chex.Array,

@@ -247,7 +247,7 @@ class SemPPL(base.Method):
     labels = batch["labelled"]["label"].astype(jnp.int32)
 
     # Listing 1: enqueue the labelled target projections, then look up.
-    queue = losses.push(state.method_state["queue"], embeddings=target[:, :num_labelled],
+    queue = losses.push_labelled_queue(state.method_state["queue"], embeddings=target[:, :num_labelled],
                         labels=labels)
     metrics = {"queue_fill": jnp.mean(queue.num_filled) / queue.labels.shape[-1]}
     if "unlabelled" in batch:

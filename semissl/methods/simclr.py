@@ -209,7 +209,7 @@ class SimCLR(base.Method):
           state.target_variables, images, train=True, mutable=["batch_stats"],
           rngs={"dropout": rng})
       keys = losses.l2_normalize(jax.lax.stop_gradient(self._embedding(target_outputs)))
-      method_state = dict(method_state, queue=losses.push(
+      method_state = dict(method_state, queue=losses.push_labelled_queue(
           queue, embeddings=keys, labels=jnp.full((2 * num,), losses.EMPTY_LABEL)))
       extras["queue_filled"] = queue.num_filled / self.queue_size
     metrics = dict(extras, nt_xent=nt_xent)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from semissl.losses.ema import mean_teacher_ema_decay
+from semissl.losses.ema import byol_cosine_ema_decay, mean_teacher_ema_decay
 from semissl.training.sharding import path_to_str
 
 DEFAULT_NO_DECAY = r"(bias|scale|pos_embedding|cls)$"
@@ -156,8 +156,10 @@ def ema_decay(config: ml_collections.ConfigDict, step: jax.Array, total_steps: i
   base_decay = config.ema.decay
   schedule = config.ema.get("schedule", "constant")
   if schedule == "byol_cosine":
-    progress = jnp.minimum(step / max(total_steps, 1), 1.0)
-    return 1.0 - (1.0 - base_decay) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+    return byol_cosine_ema_decay(step=step, total_steps=max(total_steps, 1),
+                                 base_decay=base_decay)
   if schedule == "mean_teacher":
     return mean_teacher_ema_decay(step=step, decay=base_decay)
+  if schedule != "constant":
+    raise ValueError(f"ema.schedule={schedule!r}; known: constant, byol_cosine, mean_teacher.")
   return jnp.asarray(base_decay, jnp.float32)

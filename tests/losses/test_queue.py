@@ -64,7 +64,7 @@ def test_push_matches_fifo_reference(capacity, batches):
       rng=jax.random.key(1), capacity=capacity, dim=3
   )
   reference = ReferenceQueue(queue.embeddings, queue.labels)
-  push = jax.jit(losses.push)
+  push = jax.jit(losses.push_labelled_queue)
   for step, size in enumerate(batches):
     embeddings = rng.normal(size=(size, 3)).astype(np.float32)
     labels = rng.integers(0, 10, size=size).astype(np.int32)
@@ -85,14 +85,14 @@ def test_push_stacked_views_and_stop_gradient():
   )
   embeddings = rng.normal(size=(3, 3, 2)).astype(np.float32)
   labels = np.array([4, 5, 6], np.int32)
-  new = jax.jit(losses.push)(queue, embeddings=embeddings, labels=labels)
+  new = jax.jit(losses.push_labelled_queue)(queue, embeddings=embeddings, labels=labels)
   for view in range(3):
     reference = ReferenceQueue(queue.embeddings[view], queue.labels[view])
     reference.push(embeddings[view], labels, np.ones(3, bool))
     assert_matches(jax.tree.map(lambda x, v=view: x[v], new), reference)
   grad = jax.grad(
       lambda e: jnp.sum(
-          losses.push(queue, embeddings=e, labels=labels).embeddings
+          losses.push_labelled_queue(queue, embeddings=e, labels=labels).embeddings
       )
   )(embeddings)
   np.testing.assert_array_equal(grad, np.zeros_like(embeddings))
@@ -107,7 +107,7 @@ def test_push_on_queue_sharded_over_slots(mesh8):
   replicated = NamedSharding(mesh8, PartitionSpec())
   queue_sharding = losses.LabelledQueue(slots, slots, replicated, replicated)
   push = jax.jit(
-      lambda q, e, y: losses.push(q, embeddings=e, labels=y),
+      lambda q, e, y: losses.push_labelled_queue(q, embeddings=e, labels=y),
       in_shardings=(queue_sharding, replicated, replicated),
       out_shardings=queue_sharding,
   )
@@ -117,7 +117,7 @@ def test_push_on_queue_sharded_over_slots(mesh8):
     embeddings = rng.normal(size=(2, 12, 4)).astype(np.float32)
     labels = rng.integers(0, 5, size=12).astype(np.int32)
     sharded = push(sharded, embeddings, labels)
-    single = jax.jit(losses.push)(single, embeddings=embeddings, labels=labels)
+    single = jax.jit(losses.push_labelled_queue)(single, embeddings=embeddings, labels=labels)
   for got, want in zip(sharded, single):
     np.testing.assert_array_equal(got, want)
   assert sharded.embeddings.sharding.is_equivalent_to(slots, 3)
