@@ -247,8 +247,8 @@ class SemPPL(base.Method):
     labels = batch["labelled"]["label"].astype(jnp.int32)
 
     # Listing 1: enqueue the labelled target projections, then look up.
-    queue = losses.push_labelled_queue(state.method_state["queue"], embeddings=target[:, :num_labelled],
-                        labels=labels)
+    queue = losses.push_labelled_queue(state.method_state["queue"],
+                                       embeddings=target[:, :num_labelled], labels=labels)
     metrics = {"queue_fill": jnp.mean(queue.num_filled) / queue.labels.shape[-1]}
     if "unlabelled" in batch:
       pseudo_labels, votes = losses.knn_pseudo_labels(
