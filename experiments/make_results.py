@@ -85,7 +85,7 @@ def _slug(text: str) -> str:
 
 def run_entry(entry: Entry, labels: str, steps: int) -> dict:
   """Runs (or reuses) every stage of `entry`; returns the last stage's results + commands."""
-  previous, commands, seconds = None, [], 0.0
+  previous, commands, seconds, workdirs = None, [], 0.0, []
   for index, stage in enumerate(entry.stages):
     workdir = os.path.join(_ROOT.value, labels, f"{_slug(entry.name)}_stage{index}")
     config = stage.config.format(labels=labels, prev=previous)
@@ -111,7 +111,19 @@ def run_entry(entry: Entry, labels: str, steps: int) -> dict:
     metrics = json.load(open(results_path))["metrics"]
     seconds += metrics.get("train_seconds", 0.0)
     previous = workdir
-  return dict(metrics, commands=commands, total_train_seconds=seconds, workdir=previous)
+    workdirs.append(workdir)
+  return dict(metrics, commands=commands, total_train_seconds=seconds, workdirs=workdirs)
+
+
+def _last_logged(result: dict, key: str):
+  """The last logged value of `key` in any stage (e.g. SemPPL's pretraining)."""
+  value = None
+  for workdir in result.get("workdirs", []):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      for line in open(path):
+        value = json.loads(line).get(key, value)
+  return value
 
 
 def _pct(value) -> str:
@@ -138,7 +150,7 @@ def write_markdown(rows: dict, steps: int) -> None:
         continue
       top1 = result.get("eval_top1", result.get("eval_knn_top1"))
       ema = result.get("eval_ema_top1", result.get("eval_ema_knn_top1"))
-      pl = result.get("train_pl_accuracy")
+      pl = _last_logged(result, "train_pl_accuracy")
       cmds = "<br>".join(f"`{c}`" for c in result["commands"])
       lines.append(f"| {name} | {_pct(top1)} | {_pct(ema)} | {_pct(pl)} | "
                    f"{result['total_train_seconds']:.0f} | {cmds} |")
@@ -159,10 +171,11 @@ def plot_pseudo_labels(labels: str, entries: dict) -> str | None:
   fig, (ax_acc, ax_mask) = plt.subplots(1, 2, figsize=(12, 4.5))
   drawn = False
   for name, result in entries.items():
-    path = os.path.join(result.get("workdir") or "", "metrics.jsonl")
-    if "error" in result or not os.path.exists(path):
+    paths = [os.path.join(w, "metrics.jsonl") for w in result.get("workdirs", [])]
+    records = [json.loads(line) for path in paths if os.path.exists(path)
+               for line in open(path)]
+    if "error" in result or not records:
       continue
-    records = [json.loads(line) for line in open(path)]
     acc = [(r["step"], r["train_pl_accuracy"]) for r in records if "train_pl_accuracy" in r]
     mask = [(r["step"], r["train_pl_mask_rate"]) for r in records if "train_pl_mask_rate" in r]
     if acc:
