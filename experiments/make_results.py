@@ -36,7 +36,7 @@ class Stage:
   config: str  # configs/<file>.py[:variants]; '{labels}', '{prev}' (previous workdir) substituted
   fraction: float = 1.0  # share of the step budget
   init_from_previous: bool = False
-  extra: tuple[str, ...] = ()  # further --config.* flags; '{prev}' = previous workdir
+  extra: tuple[str, ...] = ()  # further --config.* flags; '{prev}', '{steps}' substituted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,8 @@ ENTRIES = (
     _single("pseudo_label", "pseudolabel_fmnist"),
     _single("uda", "uda_fmnist"),
     _single("vat", "vat_fmnist"),
-    _single("mixmatch", "mixmatch_fmnist"),
+    Entry("mixmatch", (Stage("configs/mixmatch_fmnist.py:labels={labels}",
+                             extra=("--config.method.rampup_steps={steps}",)),)),
     _single("remixmatch_da (fixmatch + DA)", "remixmatch_fmnist"),
     Entry("semppl + fine-tune", (
         Stage("configs/sempl_fmnist.py:labels={labels}", 0.75),
@@ -95,7 +96,7 @@ def run_entry(entry: Entry, labels: str, steps: int) -> dict:
                f"--config.seed={_SEED.value}"]
     if stage.init_from_previous:
       command.append(f"--config.init_from={previous}")
-    command += [flag.format(prev=previous) for flag in stage.extra]
+    command += [flag.format(prev=previous, steps=stage_steps) for flag in stage.extra]
     commands.append(" ".join(command[1:]).replace(ROOT + "/", ""))
     results_path = os.path.join(workdir, "results.json")
     if not os.path.exists(results_path):
