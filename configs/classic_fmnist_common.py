@@ -42,22 +42,7 @@ def fmnist_config(args: ml_collections.ConfigDict, *, method_name: str,
   config.data.unlabelled_views = {k: dict(v) for k, v in unlabelled_views.items()}
   config.mu = mu
 
-  config.model.name = "tiny_resnet"
-  config.batch_size = 64
-  config.eval_batch_size = 1000
-  config.optimizer.name = "sgd"
-  config.optimizer.base_lr = 0.4  # x B/256: 0.1 at B=64 (beat 0.025 by 14 points in 400 steps)
-  config.optimizer.lr_scaling = "linear"
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = True
-  config.optimizer.weight_decay = 5e-4
-  config.optimizer.warmup_steps = 50
-  config.optimizer.schedule = "cosine"
-  config.ema.decay = 0.99
-  config.num_train_steps = NUM_TRAIN_STEPS
-  config.log_every_steps = 100
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
+  common.set_fmnist_sgd_training(config, num_train_steps=NUM_TRAIN_STEPS)
   return config
 
 

@@ -86,6 +86,25 @@ def set_fmnist_data(config: ml_collections.ConfigDict, *, dataset: str, labels: 
   set_labels(data, labels)
 
 
+def set_fmnist_sgd_training(config: ml_collections.ConfigDict, *, base_lr: float = 0.4,
+                            num_train_steps: int = 1500) -> None:
+  """tiny_resnet, B=64, SGD Nesterov with warm-up + cosine, EMA 0.99: the CPU recipe of
+  the supervised baseline and the classic family. base_lr 0.4 x B/256 = 0.1 at B=64
+  (it beat 0.025 by 14 points top-1 in a 400-step run)."""
+  config.model.name = "tiny_resnet"
+  config.batch_size = 64
+  config.eval_batch_size = 1000
+  opt = config.optimizer
+  opt.name, opt.base_lr, opt.lr_scaling = "sgd", base_lr, "linear"
+  opt.momentum, opt.nesterov, opt.weight_decay = 0.9, True, 5e-4
+  opt.warmup_steps, opt.schedule = 50, "cosine"
+  config.ema.decay = 0.99
+  config.num_train_steps = num_train_steps
+  config.log_every_steps = 100
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+
+
 def make_runlocal(config: ml_collections.ConfigDict) -> None:
   """A few steps on small batches: smoke tests and CI."""
   config.batch_size = 16
