@@ -116,20 +116,8 @@ def _finetune(config, args):
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
   config.method.name = "supervised"
   config.method.label_smoothing = 0.0
-  config.batch_size = 64
-  config.optimizer.name = "sgd"
-  config.optimizer.base_lr = 0.1
-  config.optimizer.lr_scaling = "linear"
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = True
-  config.optimizer.weight_decay = 5e-4
-  config.optimizer.warmup_steps = 50
-  config.optimizer.schedule = "cosine"
-  config.ema.decay = 0.99
-  config.num_train_steps = 1500
-  config.log_every_steps = 100
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
+  # The supervised baseline's recipe (supervised_fmnist), so stage=scratch is it.
+  common.set_fmnist_sgd_training(config)
 
 
 def get_config(arg=None):
