@@ -177,6 +177,8 @@ def plot_pseudo_labels(labels: str, entries: dict) -> str | None:
   import matplotlib.pyplot as plt
 
   fig, (ax_acc, ax_mask) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for ax in (ax_acc, ax_mask):
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
   drawn = False
   for name, result in entries.items():
     paths = [os.path.join(w, "metrics.jsonl") for w in result.get("workdirs", [])]
