@@ -1,6 +1,7 @@
 """`build_input`: from `config.data` to the train and eval iterators of one process.
 
-Every source is loaded into memory (`semissl.data.sources`) and then goes through the
+Every source (`semissl.data.sources`: in memory, or by random access for TFDS
+ArrayRecord datasets too large for memory, see `data.storage`) goes through the
 same tf.data stream code (`semissl.data.streams`). All bad input raises a one-line
 ValueError here, before any training step.
 """
@@ -41,6 +42,10 @@ _DEFAULTS = {
     "tf_threads": None,  # None: the CPUs this process may use.
     "prefetch": None,  # batches to prefetch; None: AUTOTUNE.
     "stats_sample_size": 10_000,  # images used to compute mean/std when not given.
+    # TFDS storage: 'auto' | 'memory' | 'random_access' (ArrayRecord; see sources.ReadOptions).
+    "storage": "auto",
+    "max_memory_bytes": 4 * 2**30,  # 'auto' streams larger ArrayRecord splits from disk.
+    "index_cache_dir": "~/.cache/semissl/tfds_index",  # labels of streamed splits; None: off.
     "shuffle_buffer": None,  # unused: streams use exact stateless permutations.
 }
 # Per-channel statistics of pixel/255 where computing them would be wasteful.
@@ -73,8 +78,8 @@ class _StreamParts:
   """What the tf.data streams are built from (internal to `Input`)."""
   train_labels: np.ndarray
   eval_labels: np.ndarray
-  train_lookup: streams.ImageLookup
-  eval_lookup: streams.ImageLookup
+  train_source: streams.ImageSource
+  eval_source: streams.ImageSource
   labelled_views: dict[str, dict[str, Any]]
   unlabelled_views: dict[str, dict[str, Any]]
   eval_view: dict[str, Any]
@@ -108,7 +113,7 @@ class Input:
     """Infinite tf.data stream of this process's share of each global batch."""
     p = self._parts
     start = self.start_step if start_step is None else int(start_step)
-    common = dict(labels=p.train_labels, lookup=p.train_lookup,
+    common = dict(labels=p.train_labels, source=p.train_source,
                   process_index=p.process_index, seed=p.seed, start_step=start)
     parts = {}
     if p.labelled_views:
@@ -142,7 +147,7 @@ class Input:
     """Finite, padded eval batches `{'images': {'image'}, 'label', 'id', 'mask'}`."""
     p = self._parts
     dataset = streams.eval_stream(
-        labels=p.eval_labels, lookup=p.eval_lookup,
+        labels=p.eval_labels, source=p.eval_source,
         views_fn=self._views_fn({"image": p.eval_view}),
         global_batch=self.local_eval_batch_size * p.process_count,
         local_batch=self.local_eval_batch_size, process_index=p.process_index)
@@ -157,10 +162,9 @@ class Input:
     `eval_iter` (the k-NN monitor's bank, linear evaluation's train set); 'id' is
     the position in `labelled_ids`."""
     p = self._parts
-    ids = tf.constant(self.labelled_ids, tf.int64)
     dataset = streams.eval_stream(
-        labels=p.train_labels[self.labelled_ids],
-        lookup=lambda position: p.train_lookup(tf.gather(ids, position)),
+        labels=p.train_labels[self.labelled_ids], ids=self.labelled_ids,
+        source=p.train_source,
         views_fn=self._views_fn({"image": p.eval_view}),
         global_batch=self.local_eval_batch_size * p.process_count,
         local_batch=self.local_eval_batch_size, process_index=p.process_index)
@@ -202,9 +206,12 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
   tf_runtime.configure_tensorflow(num_threads=num_threads)
   options = tf_runtime.dataset_options(num_threads=num_threads)
 
+  read_options = sources.ReadOptions(
+      storage=cfg["storage"], max_memory_bytes=int(cfg["max_memory_bytes"]),
+      index_cache_dir=cfg["index_cache_dir"] or None)
   source = sources.load_source(cfg["dataset"], data_dir=cfg["data_dir"],
                                train_split=cfg["train_split"],
-                               eval_split=cfg["eval_split"])
+                               eval_split=cfg["eval_split"], read_options=read_options)
   labelled_ids = _labelled_ids(cfg, source.train)
   unlabelled_ids = splits.unlabelled_ids(
       num_examples=len(source.train), labelled_ids=labelled_ids,
@@ -214,14 +221,14 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
                      "empty; set data.labelled_in_unlabelled=True or label fewer.")
 
   channels = int(cfg["num_channels"] or source.channels)
-  train_lookup = streams.make_image_lookup(source.train, source_channels=source.channels,
+  train_source = streams.make_image_source(source.train, source_channels=source.channels,
                                            channels=channels)
-  eval_lookup = streams.make_image_lookup(source.eval, source_channels=source.channels,
+  eval_source = streams.make_image_source(source.eval, source_channels=source.channels,
                                           channels=channels)
-  mean, std = _normalisation(cfg, channels=channels, lookup=train_lookup,
+  mean, std = _normalisation(cfg, channels=channels, source=train_source,
                              num_train=len(source.train), options=options)
   image_size = int(cfg["image_size"])
-  _dry_run_views(cfg, lookup=train_lookup, image_size=image_size)
+  _dry_run_views(cfg, source=train_source, image_size=image_size)
 
   if workdir is not None and process_index == 0:
     splits.write_labelled_ids(os.path.join(workdir, splits.LABELLED_IDS_FILENAME),
@@ -233,7 +240,7 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
       num_eval=len(source.eval), class_names=source.class_names, mean=mean, std=std)
   parts = _StreamParts(
       train_labels=source.train.labels, eval_labels=source.eval.labels,
-      train_lookup=train_lookup, eval_lookup=eval_lookup,
+      train_source=train_source, eval_source=eval_source,
       labelled_views=cfg["labelled_views"], unlabelled_views=cfg["unlabelled_views"],
       eval_view=cfg["eval_view"], image_size=image_size, seed=int(seed),
       process_index=process_index, process_count=process_count, options=options,
@@ -301,6 +308,11 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
   if not cfg["labelled_views"] and not cfg["unlabelled_views"]:
     raise ValueError("data.labelled_views and data.unlabelled_views are both empty; "
                      "name at least one view, e.g. {'image': {'name': 'crop_flip'}}.")
+  if cfg["storage"] not in sources.STORAGE_MODES:
+    raise ValueError(f"data.storage={cfg['storage']!r}; use one of {sources.STORAGE_MODES}.")
+  if not isinstance(cfg["max_memory_bytes"], int) or cfg["max_memory_bytes"] < 0:
+    raise ValueError(f"data.max_memory_bytes={cfg['max_memory_bytes']!r} must be an "
+                     "int >= 0 (bytes).")
   if not isinstance(cfg["image_size"], int) or cfg["image_size"] < 1:
     raise ValueError(f"data.image_size={cfg['image_size']!r} must be a positive int.")
   if cfg["num_channels"] not in (None, 1, 3):
@@ -321,7 +333,7 @@ def _labelled_ids(cfg: dict[str, Any], train: sources.SplitExamples) -> np.ndarr
       label_fraction=cfg["label_fraction"], labels_per_class=cfg["labels_per_class"])
 
 
-def _normalisation(cfg: dict[str, Any], *, channels: int, lookup: streams.ImageLookup,
+def _normalisation(cfg: dict[str, Any], *, channels: int, source: streams.ImageSource,
                    num_train: int, options: tf.data.Options
                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel (mean, std): given, known for the dataset, or computed."""
@@ -346,17 +358,17 @@ def _normalisation(cfg: dict[str, Any], *, channels: int, lookup: streams.ImageL
       sample = np.unique(np.linspace(0, num_train - 1,
                                      min(num_train, int(cfg["stats_sample_size"])))
                          .round().astype(np.int64))
-      mean, std = streams.channel_statistics(lookup=lookup, ids=sample, options=options)
+      mean, std = streams.channel_statistics(source=source, ids=sample, options=options)
       std = tuple(s if s > 1e-6 else 1.0 for s in std)  # constant images
     given.setdefault("mean", tuple(mean))
     given.setdefault("std", tuple(std))
   return given["mean"], given["std"]
 
 
-def _dry_run_views(cfg: dict[str, Any], *, lookup: streams.ImageLookup,
+def _dry_run_views(cfg: dict[str, Any], *, source: streams.ImageSource,
                    image_size: int) -> None:
   """Runs every view once on example 0 so bad parameters fail before training."""
-  image = lookup(tf.constant(0, tf.int64))
+  image = source.lookup(tf.constant(0, tf.int64))
   seed = tf.constant([0, 0], tf.int64)
   named = [(f"data.{key}[{name!r}]", spec) for key in ("labelled_views", "unlabelled_views")
            for name, spec in cfg[key].items()] + [("data.eval_view", cfg["eval_view"])]

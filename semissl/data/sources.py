@@ -1,10 +1,12 @@
 """Image sources by name: built-in Fashion-MNIST, image folders, and any TFDS dataset.
 
-Every source is read once into memory as a `SourceData`: per split, the labels and
-either fixed-size uint8 pixels or encoded PNG/JPEG bytes, with example id = row index.
-All sources then go through the same tf.data stream code (`semissl.data.streams`),
-which looks examples up by id; that makes shuffling, process sharding and exact resume
-index arithmetic, independent of the source.
+A source is a `SourceData`: per split, the labels (example id = row index) and the
+images, either in memory (fixed-size uint8 pixels or encoded PNG/JPEG bytes) or,
+for TFDS datasets too large for host memory, a `RecordReader` that fetches them by
+id from ArrayRecord files (`semissl.data.tfds_records`). All sources then go
+through the same tf.data stream code (`semissl.data.streams`), which looks examples
+up by id; that makes shuffling, process sharding and exact resume index
+arithmetic, independent of the source.
 """
 from __future__ import annotations
 
@@ -16,9 +18,27 @@ import numpy as np
 import tensorflow as tf
 
 from semissl.data import idx_files
+from semissl.data import tfds_records
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _TFDS_READ_BATCH = 1024
+STORAGE_MODES = ("auto", "memory", "random_access")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  """How TFDS splits are held (`config.data.storage` and friends).
+
+  storage: 'memory' reads a split into host memory; 'random_access' keeps only
+    labels in memory and reads images by id from ArrayRecord files; 'auto' picks
+    'random_access' for ArrayRecord splits larger than `max_memory_bytes`.
+  max_memory_bytes: largest split 'auto' holds in memory; a larger TFRecord split
+    (no random access) is an error that says how to convert it.
+  index_cache_dir: where the labels of random-access splits are cached (None: off).
+  """
+  storage: str = "auto"
+  max_memory_bytes: int = 4 * 2**30
+  index_cache_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +50,13 @@ class SplitExamples:
     pixels: uint8 [N, H, W, C] for fixed-size sources, else None.
     encoded: object [N] of PNG/JPEG bytes for variable-size sources, else None.
     names: per-example names (relative file names) used by id files, or None.
+    reader: random access to the records of a split too large for memory, or None.
   """
   labels: np.ndarray
   pixels: np.ndarray | None = None
   encoded: np.ndarray | None = None
   names: tuple[str, ...] | None = None
+  reader: tfds_records.RecordReader | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -55,7 +77,9 @@ _SOURCES: dict[str, SourceLoader] = {}
 
 
 def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
-  """Registers `loader(*, argument, data_dir, train_split, eval_split) -> SourceData`.
+  """Registers `loader(*, argument, data_dir, train_split, eval_split, read_options)`.
+
+  The loader returns a `SourceData`;
 
   `data.dataset = '<name>'` or `'<name>:<argument>'` selects it.
   """
@@ -70,19 +94,29 @@ def known_sources() -> tuple[str, ...]:
 
 
 def load_source(dataset: str, *, data_dir: str | None, train_split: str,
-                eval_split: str) -> SourceData:
+                eval_split: str, read_options: ReadOptions = ReadOptions()) -> SourceData:
   """Loads `dataset`: a registered name, `name:argument`, or any TFDS name."""
+  if read_options.storage not in STORAGE_MODES:
+    raise ValueError(f"data.storage={read_options.storage!r}; use one of {STORAGE_MODES}.")
   name, sep, argument = dataset.partition(":")
   if name in _SOURCES:
     return _SOURCES[name](argument=argument if sep else None, data_dir=data_dir,
-                          train_split=train_split, eval_split=eval_split)
+                          train_split=train_split, eval_split=eval_split,
+                          read_options=read_options)
   return load_tfds(dataset, data_dir=data_dir, train_split=train_split,
-                   eval_split=eval_split)
+                   eval_split=eval_split, read_options=read_options)
+
+
+def _memory_only(name: str, read_options: ReadOptions) -> None:
+  if read_options.storage == "random_access":
+    raise ValueError(f"data.storage='random_access' is for TFDS ArrayRecord datasets; "
+                     f"{name} is read into memory: set data.storage='auto'.")
 
 
 @register_source("fashion_mnist")
 def load_fashion_mnist(*, argument: str | None, data_dir: str | None,
-                       train_split: str, eval_split: str) -> SourceData:
+                       train_split: str, eval_split: str,
+                       read_options: ReadOptions) -> SourceData:
   """Fashion-MNIST: IDX files in data_dir, then the default dir, then TFDS."""
   del argument
   if data_dir and not os.path.isdir(data_dir):
@@ -90,6 +124,7 @@ def load_fashion_mnist(*, argument: str | None, data_dir: str | None,
                      "data.data_dir=None to use the installed dataset.")
   for directory in (data_dir, idx_files.DEFAULT_FASHION_MNIST_DIR):
     if idx_files.has_fashion_mnist_files(directory):
+      _memory_only("Fashion-MNIST (IDX files)", read_options)
       arrays = idx_files.load_fashion_mnist_arrays(directory)
       splits = {}
       for role, split in (("train", train_split), ("eval", eval_split)):
@@ -102,7 +137,7 @@ def load_fashion_mnist(*, argument: str | None, data_dir: str | None,
                         channels=1, class_names=idx_files.FASHION_MNIST_CLASS_NAMES)
   try:
     return load_tfds("fashion_mnist", data_dir=data_dir, train_split=train_split,
-                     eval_split=eval_split)
+                     eval_split=eval_split, read_options=read_options)
   except ValueError as error:
     where = f"{data_dir} or " if data_dir else ""
     raise ValueError(
@@ -113,7 +148,7 @@ def load_fashion_mnist(*, argument: str | None, data_dir: str | None,
 
 @register_source("folder")
 def load_folder(*, argument: str | None, data_dir: str | None, train_split: str,
-                eval_split: str) -> SourceData:
+                eval_split: str, read_options: ReadOptions) -> SourceData:
   """Image folders `root/<split>/<class>/*.png|jpg|jpeg` (any size, gray or RGB).
 
   Class names are the sorted class directories of the train split (label = rank);
@@ -121,6 +156,7 @@ def load_folder(*, argument: str | None, data_dir: str | None, train_split: str,
   decoded once here so that an unreadable file fails before training.
   """
   del data_dir
+  _memory_only("an image folder", read_options)
   root = argument
   if not root:
     raise ValueError("data.dataset='folder:' needs a root: 'folder:/path/to/root'.")
@@ -195,13 +231,14 @@ def _check_decodable(split: SplitExamples, split_dir: str) -> int:
   return 3 if max(decoded.values()) >= 3 else 1
 
 
-def load_tfds(name: str, *, data_dir: str | None, train_split: str,
-              eval_split: str) -> SourceData:
-  """Any TFDS image classification dataset, read unshuffled (id = read order).
+def load_tfds(name: str, *, data_dir: str | None, train_split: str, eval_split: str,
+              read_options: ReadOptions = ReadOptions()) -> SourceData:
+  """Any prepared TFDS image classification dataset (id = record order).
 
-  Images of a fixed-shape feature are decoded to pixels; variable-size images are
-  kept encoded and decoded in the stream. Everything is held in memory, which suits
-  datasets up to ~ a few GB of encoded images.
+  TFRecord splits are read into memory, unshuffled: images of a fixed-shape feature
+  as pixels, variable-size images encoded. ArrayRecord splits are read by index,
+  into memory or, when `read_options` says so (large splits), not at all: the
+  streams then fetch records by id (`tfds_records.RecordReader`).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if data_dir and not os.path.isdir(data_dir):
@@ -222,21 +259,79 @@ def load_tfds(name: str, *, data_dir: str | None, train_split: str,
     raise ValueError(f"TFDS dataset {name!r} has no ({image_key!r}, {label_key!r}) "
                      "features; only image classification datasets are supported.")
   image_shape = tuple(features[image_key].shape)
-  fixed_size = all(d is not None for d in image_shape)
   channels = image_shape[-1] or 3
   label_feature = features[label_key]
+  name_key = "file_name" if "file_name" in features else None
   splits = {}
   for role, split in (("train", train_split), ("eval", eval_split)):
-    splits[role] = _read_tfds_split(
-        builder, name=name, split=split, role=role, image_key=image_key,
-        label_key=label_key, fixed_size=fixed_size,
-        name_key="file_name" if "file_name" in features else None)
+    storage = _split_storage(builder, name=name, split=split, role=role,
+                             read_options=read_options)
+    if storage == "tfrecord":
+      splits[role] = _read_tfds_split(
+          builder, name=name, split=split, role=role, image_key=image_key,
+          label_key=label_key, fixed_size=all(d is not None for d in image_shape),
+          name_key=name_key)
+    else:
+      splits[role] = _read_array_record_split(
+          builder, name=name, split=split, role=role, image_key=image_key,
+          label_key=label_key, name_key=name_key, in_memory=storage == "memory",
+          index_cache_dir=read_options.index_cache_dir)
   class_names = tuple(getattr(label_feature, "names", None) or ()) or None
   num_classes = getattr(label_feature, "num_classes", None) or int(
       splits["train"].labels.max() + 1)
   return SourceData(train=splits["train"], eval=splits["eval"],
                     num_classes=num_classes, channels=channels,
                     class_names=class_names)
+
+
+def _split_storage(builder, *, name: str, split: str, role: str,
+                   read_options: ReadOptions) -> str:
+  """'tfrecord' (read into memory), 'memory' or 'random_access' (ArrayRecord)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  array_record = builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  try:
+    num_bytes = int(builder.info.splits[split].num_bytes or 0)
+  except (KeyError, ValueError, AssertionError):
+    num_bytes = 0  # unknown or unprepared: reading it says what is wrong
+  convert = (f"convert it once to ArrayRecord (`tfds build {name} "
+             "--file_format=array_record`, or `tfds convert_format --dataset_dir=<its "
+             "dir> --out_file_format=array_record`)")
+  if read_options.storage == "random_access" and not array_record:
+    raise ValueError(f"data.storage='random_access' needs ArrayRecord files but TFDS "
+                     f"{name} is stored as {builder.info.file_format}: {convert}.")
+  if read_options.storage == "auto" and num_bytes > read_options.max_memory_bytes:
+    if not array_record:
+      raise ValueError(
+          f"TFDS {name}[{split}] is {num_bytes / 2**30:.1f} GiB of TFRecords, more than "
+          f"data.max_memory_bytes={read_options.max_memory_bytes}, and TFRecords have no "
+          f"random access: {convert}, or raise data.max_memory_bytes.")
+    return "random_access"
+  if not array_record:
+    return "tfrecord"
+  return "memory" if read_options.storage in ("auto", "memory") else "random_access"
+
+
+def _read_array_record_split(builder, *, name: str, split: str, role: str,
+                             image_key: str, label_key: str, name_key: str | None,
+                             in_memory: bool,
+                             index_cache_dir: str | None) -> SplitExamples:
+  """An ArrayRecord split: labels (cached index) plus images in memory or by id."""
+  try:
+    reader = tfds_records.open_reader(builder, split=split, image_key=image_key)
+  except (AssertionError, ValueError, KeyError, FileNotFoundError) as error:
+    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{role}_split or "
+                     f"prepare it with `tfds build {name} --file_format=array_record`): "
+                     f"{_first_line(error)}") from error
+  if not len(reader):
+    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{role}_split.")
+  cache_path = tfds_records.index_cache_path(
+      index_cache_dir, full_name=builder.info.full_name, split=split)
+  labels, names = tfds_records.read_index(reader, label_key=label_key, name_key=name_key,
+                                          cache_path=cache_path)
+  if in_memory:
+    return SplitExamples(labels=labels, encoded=tfds_records.read_all_images(reader),
+                         names=names)
+  return SplitExamples(labels=labels, names=names, reader=reader)
 
 
 def _read_tfds_split(builder, *, name: str, split: str, role: str, image_key: str,

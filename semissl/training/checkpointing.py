@@ -7,7 +7,6 @@ finalised steps are listed by `latest_step`.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from semissl.training import workdirs
 from semissl.training.sharding import path_to_str
 
 STATE_ITEM = "state"
@@ -25,7 +25,7 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, save_interval_steps: int
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(workdirs.resolve(workdir) / "checkpoints",
                                options=options, item_names=(STATE_ITEM,))
 
 
@@ -54,8 +54,8 @@ def _flatten(tree: Any) -> dict[str, Any]:
 
 def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
   """One-line error unless `workdir` holds a finalised checkpoint (cheap: no restore)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
   if not steps:
     raise ValueError(f"{what}={workdir!r} has no checkpoint; run that stage first or point "
                      f"{what} at its workdir.")
@@ -74,11 +74,11 @@ def load_variables_from(workdir: str, current: dict[str, Any],
   `require_all` (e.g. a distillation teacher), when any leaf of `current` has no
   counterpart.
   """
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = workdirs.resolve(workdir) / "checkpoints"
   manager = ocp.CheckpointManager(
       directory, item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if os.path.isdir(directory) else None
+  step = manager.latest_step() if directory.is_dir() else None
   if step is None:
     raise ValueError(f"config.init_from={workdir!r} has no checkpoint; run that stage first "
                      "or point init_from at its workdir.")

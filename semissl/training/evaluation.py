@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Callable, Iterable
 
 import jax
@@ -34,6 +32,7 @@ import optax
 
 from semissl import losses
 from semissl.training import sharding
+from semissl.training import workdirs
 
 
 def knn_class_scores(*, query_features: jax.Array, bank_features: jax.Array,
@@ -259,9 +258,9 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
     results[prefix + "linear_top1"] = top1(probe.logits(eval_features[prefix]), eval_labels)
     results[prefix + "linear_train_top1"] = top1(probe.logits(features), train_labels)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "linear_eval.json"), "w") as f:
-      json.dump({"metrics": results, "l2_penalty": l2_penalty, "max_steps": max_steps}, f,
-                indent=2)
+    workdirs.write_json(workdirs.resolve(workdir) / "linear_eval.json",
+                        {"metrics": results, "l2_penalty": l2_penalty,
+                         "max_steps": max_steps})
   return results
 
 

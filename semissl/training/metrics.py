@@ -7,13 +7,12 @@ clu's writers import TensorFlow, so they are imported lazily here: importing
 """
 from __future__ import annotations
 
-import json
-import os
-
 from typing import Any
 
 import jax
 import numpy as np
+
+from semissl.training import workdirs
 
 
 class MetricLogger:
@@ -29,7 +28,7 @@ class MetricLogger:
                                                     every_steps=log_every)
     self.log_every = max(int(log_every), 1)
     self.total_steps = total_steps
-    self._jsonl = (open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._jsonl = (workdirs.JsonLinesWriter(workdirs.resolve(workdir) / "metrics.jsonl")
                    if jax.process_index() == 0 else None)
     self._pending: list[dict[str, Any]] = []
     self._last: dict[str, float] = {}
@@ -50,8 +49,7 @@ class MetricLogger:
     self.writer.write_scalars(step, scalars)
     self.writer.flush()
     if self._jsonl is not None:
-      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-      self._jsonl.flush()
+      self._jsonl.write({"step": int(step), **scalars})
 
   def last_train_metrics(self) -> dict[str, float]:
     return dict(self._last)

@@ -7,8 +7,6 @@ restored state is also the position of the data stream, and the step's rng is
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -19,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from semissl import methods
-from semissl.training import checkpointing, evaluation, optimizers, sharding
+from semissl.training import checkpointing, evaluation, optimizers, sharding, workdirs
 from semissl.training.metrics import MetricLogger
 from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
@@ -104,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   mesh = sharding.make_mesh(config.get("mesh", None))
   validate_config(config, mesh)
-  os.makedirs(workdir, exist_ok=True)
+  workdirs.resolve(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpointing.make_manager(
       workdir, max_to_keep=config.get("keep_checkpoints", 3),
       save_interval_steps=config.get("checkpoint_every_steps", 1000))
@@ -185,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
                  **logger.last_train_metrics())
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"metrics": results, "config": config.to_dict()}, f, indent=2, default=str)
+    workdirs.write_json(workdirs.resolve(workdir) / "results.json",
+                        {"metrics": results, "config": config.to_dict()})
   logger.close()
   return results
