@@ -1,0 +1,231 @@
+"""Every registered method: two jitted train steps on 8 devices equal those on 1.
+
+Same init (rng), same two global batches, same optimizer and EMA; the whole
+TrainState (params, batch stats, EMA target, optimizer state, method state:
+queues, banks, DA windows, distillation teacher) and every reported metric must
+agree. The batch is sharded over `data` and the method's state by its own
+`state_sharding_rules`, so this checks that no loss depends on the per-device
+split (global batch norm, negatives and pseudo-labels over the global batch,
+sharded queue / bank writes, the step rng).
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from semissl import methods
+from semissl.training import optimizers, sharding
+from semissl.training import step as step_lib
+from semissl.training.train_state import TrainState
+
+NUM_CLASSES = 3
+SIZE = 8
+B, MU = 8, 2  # one labelled and two unlabelled images per device
+NUM_LABELLED = 16  # SimMatch bank slots: 2 per device
+LABELLED_LABELS = np.arange(NUM_LABELLED) % NUM_CLASSES
+TOTAL_STEPS = 10
+TINY_RESNET = {"name": "tiny_resnet", "stem_width": 4, "stage_widths": (8,),
+               "stage_strides": (2,)}
+WEAK = {"name": "crop_flip"}
+CLASSIC = {"unlabelled_weight": 2.0, "rampup": "none"}
+# Every jit here is compiled without LLVM's optimisation passes (the init compiles ~9x,
+# a train step ~2x faster on CPU); the SPMD partitioning under test (HLO) is the same.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+RTOL, ATOL = 1e-4, 1e-4  # see `_assert_trees_close`
+SEMPPL_SIZES = {"large1": SIZE, "large2": SIZE, "small1": 6}
+
+# case -> method name, (labelled views, unlabelled views), config.method overrides.
+# Thresholds are 0: every pseudo-label is kept, so no mask sits on a float edge.
+CASES = {
+    "supervised": ("supervised", (("image",), ()), {"label_smoothing": 0.1}),
+    "simclr": ("simclr", ((), ("view1", "view2")),
+               # 48 slots: the second push of 2 x 16 keys wraps around the ring.
+               {"temperature": 0.5, "head_layers": 2, "head_out_dim": 6, "queue_size": 48}),
+    "simclr_finetune": ("simclr_finetune", (("image",), ()),
+                        {"head_layers": 2, "head_out_dim": 6, "finetune_layer": 1}),
+    # The teacher stays at its init (method_state['teacher']): `load_method_state`
+    # (reading `teacher_workdir`) is host-side, before the step under test.
+    "simclr_distill": ("simclr_distill", (("image",), ("image",)),
+                       {"teacher_workdir": "unused", "temperature": 0.5, "alpha": 0.5,
+                        "teacher_head_layers": 2, "teacher_head_out_dim": 6,
+                        "teacher_finetune_layer": 1}),
+    "semppl": ("semppl", (tuple(SEMPPL_SIZES), tuple(SEMPPL_SIZES)),
+               {"large_views": ("large1", "large2"), "small_views": ("small1",),
+                "queue_capacity": 32, "num_neighbours": 2, "num_negatives": 3,
+                "num_semantic_positives": 2, "projector_hidden_dim": 16,
+                "projection_dim": 8, "predictor_hidden_dim": 16,
+                "vote_thresholds": (0.5, 1.0)}),
+    "simmatch_student_teacher": (
+        "simmatch", (("image",), ("weak", "strong")),
+        {"variant": "student_teacher", "threshold": 0.0, "da_window": 4,
+         "embedding_dim": 6, "embedding_hidden_dim": 16, "instance_warmup_epochs": 0}),
+    "simmatch_temporal_ensemble": (
+        "simmatch", (("image",), ("weak", "strong")),
+        {"variant": "temporal_ensemble", "threshold": 0.0, "bank_momentum": 0.7,
+         "da_window": 4, "embedding_dim": 6, "embedding_hidden_dim": 16,
+         "instance_warmup_epochs": 0}),
+    # FixMatch's one-pass step plus ReMixMatch's distribution alignment (its window
+    # in the method state): one case for both, each compile costs seconds.
+    "fixmatch_remixmatch_da": ("fixmatch", (("image",), ("weak", "strong")),
+                               {"threshold": 0.0, "distribution_alignment": True,
+                                "da_window": 4}),
+    # Semi-ViT: EMA teacher + probabilistic pseudo mixup (mixup or CutMix drawn per
+    # batch, partners from the reversed global batch).
+    "emateacher_pseudo_mixup": (
+        "emateacher", (("image",), ("weak", "strong")),
+        {"threshold": 0.0, "pseudo_mixup": True, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+         "label_smoothing": 0.1}),
+    "pi_model": ("pi_model", (("first", "second"), ("first", "second")), CLASSIC),
+    "mean_teacher": ("mean_teacher", (("student", "teacher"), ("student", "teacher")),
+                     CLASSIC),
+    "pseudo_label": ("pseudo_label", (("image",), ("weak",)), {**CLASSIC, "threshold": 0.0}),
+    "uda": ("uda", (("image",), ("weak", "strong")), {**CLASSIC, "threshold": 0.0}),
+    # xi = 0.1, not VAT's 1e-6: at 1e-6 the finite difference x + xi d sits at float32
+    # resolution (|x| ~ 1), so r_vadv is dominated by rounding and differs between
+    # any two compilations of the same step (per-example cosine 0.33 between the
+    # 1- and 8-device directions here; 0.9999999 at xi = 0.1).
+    "vat": ("vat", (("image",), ("image",)), {**CLASSIC, "entropy_weight": 0.5, "xi": 0.1}),
+    "mixmatch": ("mixmatch", (("image",), ("augment0", "augment1")), CLASSIC),
+}
+
+
+def test_every_registered_method_is_covered():
+  assert {name for name, _, _ in CASES.values()} == set(methods.known_methods())
+
+
+def _config(case):
+  name, (labelled_views, unlabelled_views), overrides = CASES[case]
+  config = ml_collections.ConfigDict()
+  config.batch_size = B
+  config.mu = MU if unlabelled_views else 0
+  config.mesh = {"data": -1}
+  config.method = {"name": name, **overrides}
+  config.model = dict(TINY_RESNET)
+  view = lambda v: {"name": "simclr", "size": SEMPPL_SIZES[v]} if name == "semppl" else WEAK
+  config.data = {"image_size": SIZE,
+                 "labelled_views": {v: view(v) for v in labelled_views},
+                 "unlabelled_views": {v: view(v) for v in unlabelled_views}}
+  config.optimizer = {"name": "sgd", "base_lr": 0.1, "lr_scaling": "none", "momentum": 0.9,
+                      "nesterov": True, "weight_decay": 1e-4, "warmup_steps": 1,
+                      "schedule": "cosine"}
+  config.ema = {"decay": 0.8, "schedule": "constant"}  # the target moves visibly
+  return config
+
+
+def _batch(case, seed):
+  """A host (NumPy) global batch with every key the method's loss reads."""
+  name, (labelled_views, unlabelled_views), _ = CASES[case]
+  rs = np.random.RandomState(seed)
+  size = lambda v: SEMPPL_SIZES[v] if name == "semppl" else SIZE
+  images = lambda n, views: {v: rs.normal(size=(n, size(v), size(v), 1)).astype(np.float32)
+                             for v in views}
+  index = rs.permutation(NUM_LABELLED)[:B].astype(np.int32)
+  batch = {"labelled": {"images": images(B, labelled_views),
+                        "label": LABELLED_LABELS[index].astype(np.int32), "index": index}}
+  if unlabelled_views:
+    batch["unlabelled"] = {
+        "images": images(MU * B, unlabelled_views),
+        "true_label": rs.randint(0, NUM_CLASSES, MU * B).astype(np.int32)}
+  if name == "simclr":  # label-free pretraining: unlabelled views only
+    del batch["labelled"]
+  return batch
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _method(case):
+  config = _config(case)
+  info = methods.DatasetInfo(
+      num_classes=NUM_CLASSES, image_shape=(SIZE, SIZE, 1), num_labelled=NUM_LABELLED,
+      num_unlabelled=64, steps_per_epoch=4, total_steps=TOTAL_STEPS,
+      labelled_labels=LABELLED_LABELS)
+  method = methods.get_method(config.method.name)(config, info)
+  method.validate()
+  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=B,
+                                           total_steps=TOTAL_STEPS, steps_per_epoch=4)
+  return config, method, tx, schedule
+
+
+def _initial_state(method, tx, batch):
+  """`create_state`'s TrainState (its `init_fn`) on the host, compiled at XLA's
+  lowest backend optimisation (FAST_COMPILE); both meshes start from this copy."""
+  def init_fn(batch):
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(0))
+    variables, method_state = method.init(init_rng, batch)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), target_params=params,
+                      target_batch_stats=batch_stats, method_state=method_state,
+                      rng=state_rng)
+
+  return _host(jax.jit(init_fn, compiler_options=FAST_COMPILE)(batch))
+
+
+def _train_two_steps(case, initial_state, devices):
+  """Two train steps from `initial_state` (host) on a 'data' mesh over `devices`."""
+  config, method, tx, schedule = _method(case)
+  mesh = sharding.make_mesh({"data": -1}, devices=devices)
+  # As `create_state`: replicated, except the method's rules (queues, banks).
+  shardings = sharding.tree_shardings(initial_state, mesh, method.state_sharding_rules())
+  state = jax.device_put(initial_state, shardings)
+  batches = [sharding.global_batch(_batch(case, seed), mesh) for seed in (0, 1)]
+  train_step = step_lib.make_train_step(
+      method, tx, lr_schedule=schedule,
+      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, TOTAL_STEPS), mesh=mesh,
+      state_shardings=shardings)
+  # The jitted step itself (its shardings and donation), lowered and compiled once.
+  train_step = train_step.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
+  metrics = []
+  for batch in batches:
+    state, step_metrics = train_step(state, batch)
+    metrics.append(step_metrics)
+  return state, shardings, metrics
+
+
+def _assert_trees_close(ours, reference, what):
+  """Floats within RTOL of each leaf's largest magnitude plus ATOL; the rest exact.
+
+  Rounding errors (the 8-device step sums in another order) scale with a leaf's
+  magnitude, not with each element's: an element that is a near-cancelling sum
+  (e.g. the gradient of a bias followed by batch norm, zero up to rounding) keeps
+  the absolute error of its terms. The 1- vs 8-device differences seen here (up to
+  ~5e-5 of a leaf's scale, in the small batch-normed heads) are of the same size as
+  those between 1-device steps compiled at two XLA optimisation levels.
+  """
+  def check(path, a, b):
+    where = f"{what}{jax.tree_util.keystr(path)}"
+    assert a.shape == b.shape and a.dtype == b.dtype, where
+    if np.issubdtype(a.dtype, np.floating):
+      scale = float(np.max(np.abs(b), initial=0.0))
+      np.testing.assert_allclose(a, b, rtol=0, atol=ATOL + RTOL * scale, err_msg=where)
+    else:  # steps, pointers, counts, labels, rng keys
+      np.testing.assert_array_equal(a, b, err_msg=where)
+
+  assert jax.tree.structure(ours) == jax.tree.structure(reference), what
+  jax.tree_util.tree_map_with_path(check, ours, reference)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_eight_devices_equal_one_device(case):
+  assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
+  _, method, tx, _ = _method(case)
+  initial_state = _initial_state(method, tx, _batch(case, 0))
+  state8, shardings8, metrics8 = _train_two_steps(case, initial_state, jax.devices())
+  state1, _, metrics1 = _train_two_steps(case, initial_state, jax.devices()[:1])
+  metrics8, metrics1 = _host(metrics8), _host(metrics1)
+  # The 8-device run really is spread: every leaf on 8 devices as `shardings8` says
+  # (replicated, except queues and banks split on their slot axis by the rules).
+  for leaf, expected in zip(jax.tree.leaves(state8), jax.tree.leaves(shardings8)):
+    assert leaf.sharding.num_devices == 8, case
+    assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (case, leaf.sharding)
+  if method.state_sharding_rules():
+    assert any(not s.is_fully_replicated for s in jax.tree.leaves(shardings8.method_state))
+  host8, host1 = _host(state8), _host(state1)
+  assert int(host8.step) == int(host1.step) == 2
+  for field in ("params", "batch_stats", "target_params", "target_batch_stats",
+                "method_state", "opt_state", "step", "rng"):
+    _assert_trees_close(getattr(host8, field), getattr(host1, field), f"{case} {field}")
+  _assert_trees_close(metrics8, metrics1, f"{case} metrics")
