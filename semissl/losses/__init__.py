@@ -28,6 +28,7 @@ from semissl.losses.consistency import sharpen
 from semissl.losses.consistency import softmax_mse_consistency
 from semissl.losses.consistency import temporal_ensemble_update
 from semissl.losses.consistency import uda_loss
+from semissl.losses.consistency import VAT_POWER_ITERATIONS
 from semissl.losses.consistency import vat_adversarial_direction
 from semissl.losses.consistency import vat_loss
 from semissl.losses.distribution_alignment import align_distribution

@@ -39,13 +39,17 @@ class VAT(ssc.SemiSupervisedClassifier):
   unlabelled_view_names = ("image",)
 
   defaults = {**ssc.SemiSupervisedClassifier.defaults, "epsilon": 2.0, "xi": 1e-6,
-              "num_power_iterations": 1, "entropy_weight": 0.0}
+              "num_power_iterations": 1, "entropy_weight": 0.0,
+              "power_iteration": "finite_difference"}
 
   def validate(self):
     super().validate()
     self.check_positive("epsilon")
     self.check_positive("xi")
     self.check_non_negative("entropy_weight")
+    if self.option("power_iteration") not in losses.VAT_POWER_ITERATIONS:
+      raise ValueError(f"method.power_iteration={self.option('power_iteration')!r}; use "
+                       f"one of {losses.VAT_POWER_ITERATIONS}.")
     iterations = self.option("num_power_iterations")
     if not isinstance(iterations, int) or iterations < 1:
       raise ValueError(f"method.num_power_iterations={iterations!r} must be an "
@@ -78,7 +82,8 @@ class VAT(ssc.SemiSupervisedClassifier):
                                              jax.lax.stop_gradient(params)),
         x=unlabelled_images, logits=unlabelled_logits,
         rng=direction_rng, xi=self.option("xi"), epsilon=self.option("epsilon"),
-        num_power_iterations=self.option("num_power_iterations"))
+        num_power_iterations=self.option("num_power_iterations"),
+        power_iteration=self.option("power_iteration"))
     entropy = losses.entropy_minimization(logits=unlabelled_logits)
     metrics = ssc.target_telemetry(targets=unlabelled_logits,
                                    true_labels=unlabelled.get("true_label"))

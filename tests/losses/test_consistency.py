@@ -191,6 +191,56 @@ def test_vat_power_iteration_finds_top_curvature_direction():
                                atol=1e-3)
 
 
+def np_vat_hessian_direction(x, w, d0, iterations):
+  """Power iteration with the exact Hessian of the KL at r = 0: W (diag p - p p^T) W^T."""
+  d = d0 / np.linalg.norm(d0, axis=-1, keepdims=True)
+  for _ in range(iterations):
+    d = np.stack([w @ (np.diag(p) - np.outer(p, p)) @ w.T @ di
+                  for p, di in zip(np_softmax(x @ w), d)])
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+  return d
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_vat_hessian_power_iteration_matches_numpy(iterations):
+  x, w = rand(18, (5, 6)), rand(19, (6, 4), 2.0)
+  rng = jax.random.key(3)
+  d0 = np.asarray(jax.random.normal(rng, x.shape, jnp.float32), np.float64)
+  r_adv = consistency.vat_adversarial_direction(
+      apply_fn=linear_model(f32(w)), x=f32(x), logits=f32(x @ w), rng=rng, xi=123.0,
+      epsilon=0.7, num_power_iterations=iterations, power_iteration="hessian")
+  np.testing.assert_allclose(r_adv, 0.7 * np_vat_hessian_direction(x, w, d0, iterations),
+                             rtol=1e-4, atol=1e-6)
+
+
+def _cosines(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_vat_finite_difference_at_paper_xi_is_float32_noise_but_hessian_is_exact():
+  """Pixels near 1 (float32 step 1.2e-7): x + 1e-6 d loses most of d's digits."""
+  x = 1.0 + 0.1 * rand(20, (8, 784))
+  w = rand(21, (784, 10), 0.2)
+  rng = jax.random.key(4)
+  d0 = np.asarray(jax.random.normal(rng, x.shape, jnp.float32), np.float64)
+  want = np_vat_hessian_direction(x, w, d0, 1)
+  common = dict(apply_fn=linear_model(f32(w)), x=f32(x), logits=f32(x) @ f32(w), rng=rng,
+                epsilon=1.0)
+  exact = consistency.vat_adversarial_direction(**common, xi=1e-6,
+                                                power_iteration="hessian")
+  paper = consistency.vat_adversarial_direction(**common, xi=1e-6)
+  assert _cosines(exact, want).min() > 0.9999
+  assert _cosines(paper, want).min() < 0.9
+
+
+def test_vat_unknown_power_iteration_fails():
+  with pytest.raises(ValueError, match="power_iteration='exact'; use one of"):
+    consistency.vat_adversarial_direction(
+        apply_fn=lambda v: v, x=jnp.ones((2, 3)), logits=jnp.ones((2, 3)),
+        rng=jax.random.key(0), xi=1.0, epsilon=1.0, power_iteration="exact")
+
+
 def test_sharded_equals_unsharded(mesh8):
   x, w = f32(rand(14, (16, 6))), f32(rand(15, (6, 5)))
   teacher, student = f32(rand(16, (16, 5), 2.0)), f32(rand(17, (16, 5)))

@@ -283,6 +283,7 @@ def test_mean_teacher_ema_schedule():
     ("mixmatch", {"mixup_alpha": -1.0}, "mixup_alpha=-1.0 must be positive"),
     ("vat", {"num_power_iterations": 0}, "num_power_iterations=0 must be"),
     ("vat", {"epsilon": 0.0}, "epsilon=0.0 must be positive"),
+    ("vat", {"power_iteration": "exact"}, "power_iteration='exact'; use one of"),
     ("vat", {"unlabelled_weight": -1.0}, "unlabelled_weight=-1.0 must be non-negative"),
 ])
 def test_bad_method_config_fails_in_one_line(name, overrides, match):
