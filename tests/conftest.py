@@ -1,8 +1,23 @@
 """Test set-up: 8 simulated CPU devices, set before jax initialises."""
 import os
 
+import importlib.metadata
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  try:
+    return tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
+  except (importlib.metadata.PackageNotFoundError, ValueError):
+    return (0, 0)
+
+
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+if _jaxlib_version() >= (0, 12) and "ynn_fusion_type" not in os.environ["XLA_FLAGS"]:
+  # jaxlib 0.12's CPU backend fuses bfloat16 conv/batch-norm chains into YNNPACK
+  # kernels that return NaNs (seen with 0.12.0.1; float32 unaffected; older jaxlibs
+  # lack the flag, which XLA would reject). README "Known issues" has the same flag.
+  os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
