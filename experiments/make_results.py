@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _LABELS = flags.DEFINE_list("labels", ["1pct", "40"], "Label settings (config 'labels=').")
 _STEPS = flags.DEFINE_integer("steps", 600, "Train steps per method (split over stages).")
-_ONLY = flags.DEFINE_list("only", [], "Run only these entries (names).")
+_ONLY = flags.DEFINE_list("only", [], "Run only these entries (full names or first words).")
 _ROOT = flags.DEFINE_string("root", os.path.join(ROOT, "workdirs", "results"), "Workdirs.")
 _OUT = flags.DEFINE_string("out", os.path.join(ROOT, "docs", "RESULTS.md"), "Markdown output.")
 _SEED = flags.DEFINE_integer("seed", 0, "Experiment seed.")
@@ -229,7 +229,8 @@ def plot_pseudo_labels(labels: str, entries: dict) -> str | None:
   ax_mask.set(title="mask rate (pseudo-labels used)", xlabel="step", ylabel="fraction")
   ax_acc.legend(fontsize=7)
   ax_mask.legend(fontsize=7)
-  out = os.path.join(os.path.dirname(_OUT.value), "plots", f"pseudo_labels_{labels}.png")
+  stem = os.path.splitext(os.path.basename(_OUT.value))[0].lower()
+  out = os.path.join(os.path.dirname(_OUT.value), "plots", f"{stem}_pseudo_labels_{labels}.png")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   fig.tight_layout()
   fig.savefig(out, dpi=110)
@@ -243,7 +244,7 @@ def main(argv):
   for labels in _LABELS.value:
     rows[labels] = {}
     for entry in ENTRIES:
-      if _ONLY.value and entry.name.split(" ")[0] not in _ONLY.value:
+      if _ONLY.value and not {entry.name, entry.name.split(" ")[0]} & set(_ONLY.value):
         continue
       rows[labels][entry.name] = run_entry(entry, entry.labels or labels, _STEPS.value)
       write_markdown(rows, _STEPS.value)
