@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -131,6 +132,12 @@ def _pct(value) -> str:
   return f"{100 * value:.1f}" if isinstance(value, (int, float)) else "–"
 
 
+def _this_command() -> str:
+  """The command line that produced this file (flags as given, paths repo-relative)."""
+  args = [shlex.quote(a.replace(ROOT + "/", "")) for a in sys.argv[1:]]
+  return " ".join(["python experiments/make_results.py"] + args)
+
+
 def write_markdown(rows: dict, steps: int) -> None:
   lines = ["# Results", "",
            "Fashion-MNIST (real data, Debian's `dataset-fashion-mnist`), test split (10,000 "
@@ -139,8 +146,7 @@ def write_markdown(rows: dict, steps: int) -> None:
            "(multi-stage methods split it over their stages), seed "
            f"{_SEED.value}, one run each, on {platform.machine()} with {os.cpu_count()} "
            "shared CPU cores. 'EMA' is the EMA-target model. Regenerate with:", "",
-           "```", f"python experiments/make_results.py --labels={','.join(_LABELS.value)} "
-           f"--steps={steps}", "```", "",
+           "```", _this_command(), "```", "",
            "How to read it: the budget is tiny (a few CPU minutes per method, well under "
            "one pass over the 59,400 unlabelled images), so these numbers say that every "
            "method trains end to end on real data and where it stands after a short run, not "
