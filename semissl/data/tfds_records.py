@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import dataclasses
 import os
 import re
+import zipfile
 
 from etils import epath
 import numpy as np
@@ -73,10 +74,13 @@ def read_index(reader: RecordReader, *, label_key: str, name_key: str | None,
                cache_path: str | None) -> tuple[np.ndarray, tuple[str, ...] | None]:
   """Labels (int64 [N]) and file names of every record, from the cache or one pass."""
   if cache_path and epath.Path(cache_path).exists():
-    with epath.Path(cache_path).open("rb") as f:
-      cached = np.load(f, allow_pickle=False)
-      labels = cached["labels"]
-      names = tuple(str(n) for n in cached["names"]) if "names" in cached else None
+    try:
+      with epath.Path(cache_path).open("rb") as f:
+        cached = np.load(f, allow_pickle=False)
+        labels = cached["labels"]
+        names = tuple(str(n) for n in cached["names"]) if "names" in cached else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+      labels, names = np.zeros(0, np.int64), None  # unreadable: rebuilt below
     if len(labels) == len(reader) and (names is not None or name_key is None):
       return labels.astype(np.int64), names
 

@@ -187,11 +187,18 @@ def test_index_cache_is_written_once_and_reused(record_dirs, tmp_path, monkeypat
   assert second.train.names == first.train.names
   monkeypatch.undo()
 
-  # A cache of the wrong length (another version of the data) is rebuilt.
+  # A cache of the wrong length (another version of the data) or an unreadable
+  # one is rebuilt.
   np.savez(cached, labels=np.zeros(3, np.int64), names=np.array(["x", "y", "z"]))
   third = _load(record_dirs["array_record"], storage="random_access",
                 index_cache_dir=cache_dir)
   np.testing.assert_array_equal(third.train.labels, first.train.labels)
+  with open(cached, "wb") as f:
+    f.write(b"PK\x03\x04 truncated")
+  fourth = _load(record_dirs["array_record"], storage="random_access",
+                 index_cache_dir=cache_dir)
+  np.testing.assert_array_equal(fourth.train.labels, first.train.labels)
+  assert fourth.train.names == first.train.names
 
 
 def test_large_tfrecord_split_fails_with_conversion_hint(record_dirs):
