@@ -46,6 +46,9 @@ _DEFAULTS = {
     "storage": "auto",
     "max_memory_bytes": 4 * 2**30,  # 'auto' streams larger ArrayRecord splits from disk.
     "index_cache_dir": "~/.cache/semissl/tfds_index",  # labels of streamed splits; None: off.
+    # With a remote (gs://...) index_cache_dir, processes > 0 wait this long for
+    # process 0 to write the index instead of each reading the whole split.
+    "index_wait_s": 3 * 3600.0,
     "shuffle_buffer": None,  # unused: streams use exact stateless permutations.
 }
 # Per-channel statistics of pixel/255 where computing them would be wasteful.
@@ -206,9 +209,11 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
   tf_runtime.configure_tensorflow(num_threads=num_threads)
   options = tf_runtime.dataset_options(num_threads=num_threads)
 
+  shared_cache = "://" in str(cfg["index_cache_dir"] or "")
   read_options = sources.ReadOptions(
       storage=cfg["storage"], max_memory_bytes=int(cfg["max_memory_bytes"]),
-      index_cache_dir=cfg["index_cache_dir"] or None)
+      index_cache_dir=cfg["index_cache_dir"] or None,
+      index_wait_s=float(cfg["index_wait_s"]) if shared_cache and process_index > 0 else 0.0)
   source = sources.load_source(cfg["dataset"], data_dir=cfg["data_dir"],
                                train_split=cfg["train_split"],
                                eval_split=cfg["eval_split"], read_options=read_options)

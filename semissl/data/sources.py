@@ -35,10 +35,13 @@ class ReadOptions:
   max_memory_bytes: largest split 'auto' holds in memory; a larger TFRecord split
     (no random access) is an error that says how to convert it.
   index_cache_dir: where the labels of random-access splits are cached (None: off).
+  index_wait_s: > 0: wait that long for another process to write the cache
+    instead of reading the split (processes > 0 sharing a remote cache).
   """
   storage: str = "auto"
   max_memory_bytes: int = 4 * 2**30
   index_cache_dir: str | None = None
+  index_wait_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +278,8 @@ def load_tfds(name: str, *, data_dir: str | None, train_split: str, eval_split: 
       splits[role] = _read_array_record_split(
           builder, name=name, split=split, role=role, image_key=image_key,
           label_key=label_key, name_key=name_key, in_memory=storage == "memory",
-          index_cache_dir=read_options.index_cache_dir)
+          index_cache_dir=read_options.index_cache_dir,
+          index_wait_s=read_options.index_wait_s)
   class_names = tuple(getattr(label_feature, "names", None) or ()) or None
   num_classes = getattr(label_feature, "num_classes", None) or int(
       splits["train"].labels.max() + 1)
@@ -314,7 +318,8 @@ def _split_storage(builder, *, name: str, split: str, role: str,
 def _read_array_record_split(builder, *, name: str, split: str, role: str,
                              image_key: str, label_key: str, name_key: str | None,
                              in_memory: bool,
-                             index_cache_dir: str | None) -> SplitExamples:
+                             index_cache_dir: str | None,
+                             index_wait_s: float = 0.0) -> SplitExamples:
   """An ArrayRecord split: labels (cached index) plus images in memory or by id."""
   try:
     reader = tfds_records.open_reader(builder, split=split, image_key=image_key)
@@ -327,7 +332,8 @@ def _read_array_record_split(builder, *, name: str, split: str, role: str,
   cache_path = tfds_records.index_cache_path(
       index_cache_dir, full_name=builder.info.full_name, split=split)
   labels, names = tfds_records.read_index(reader, label_key=label_key, name_key=name_key,
-                                          cache_path=cache_path)
+                                          cache_path=cache_path,
+                                          wait_for_cache_s=index_wait_s if cache_path else 0)
   if in_memory:
     return SplitExamples(labels=labels, encoded=tfds_records.read_all_images(reader),
                          names=names)

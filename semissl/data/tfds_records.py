@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import dataclasses
 import os
 import re
+import time
 import zipfile
 
 from etils import epath
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 _INDEX_READ_BATCH = 4096
+_CACHE_POLL_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,18 +73,27 @@ def open_reader(builder, *, split: str, image_key: str) -> RecordReader:
 
 
 def read_index(reader: RecordReader, *, label_key: str, name_key: str | None,
-               cache_path: str | None) -> tuple[np.ndarray, tuple[str, ...] | None]:
-  """Labels (int64 [N]) and file names of every record, from the cache or one pass."""
-  if cache_path and epath.Path(cache_path).exists():
-    try:
-      with epath.Path(cache_path).open("rb") as f:
-        cached = np.load(f, allow_pickle=False)
-        labels = cached["labels"]
-        names = tuple(str(n) for n in cached["names"]) if "names" in cached else None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-      labels, names = np.zeros(0, np.int64), None  # unreadable: rebuilt below
-    if len(labels) == len(reader) and (names is not None or name_key is None):
-      return labels.astype(np.int64), names
+               cache_path: str | None, wait_for_cache_s: float = 0.0,
+               ) -> tuple[np.ndarray, tuple[str, ...] | None]:
+  """Labels (int64 [N]) and file names of every record, from the cache or one pass.
+
+  With `wait_for_cache_s` > 0 (the other processes of a run sharing a remote
+  cache, which process 0 writes) this waits for a valid cache to appear instead of
+  reading the whole split again; a ValueError after that long says what to do.
+  """
+  def cached():
+    return _read_cache(cache_path, num_records=len(reader), need_names=bool(name_key))
+  index = cached()
+  deadline = time.monotonic() + wait_for_cache_s
+  while index is None and cache_path and time.monotonic() < deadline:
+    time.sleep(min(_CACHE_POLL_S, max(deadline - time.monotonic(), 0.0)))
+    index = cached()
+  if index is not None:
+    return index
+  if wait_for_cache_s > 0:
+    raise ValueError(f"Waited {wait_for_cache_s:g}s for process 0 to write the index "
+                     f"{cache_path}; check process 0's log, or use a per-host "
+                     "data.index_cache_dir.")
 
   keys = [label_key] + ([name_key] if name_key else [])
 
@@ -104,6 +115,23 @@ def read_index(reader: RecordReader, *, label_key: str, name_key: str | None,
   if cache_path:
     _write_index(cache_path, labels=labels, names=names)
   return labels, names
+
+
+def _read_cache(cache_path: str | None, *, num_records: int, need_names: bool
+                ) -> tuple[np.ndarray, tuple[str, ...] | None] | None:
+  """The cached index if present, readable and of this split (length, names)."""
+  if not cache_path or not epath.Path(cache_path).exists():
+    return None
+  try:
+    with epath.Path(cache_path).open("rb") as f:
+      cached = np.load(f, allow_pickle=False)
+      labels = cached["labels"]
+      names = tuple(str(n) for n in cached["names"]) if "names" in cached else None
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+    return None  # unreadable (e.g. another version's half-copied file): rebuilt
+  if len(labels) != num_records or (need_names and names is None):
+    return None
+  return labels.astype(np.int64), names
 
 
 def read_all_images(reader: RecordReader) -> np.ndarray:

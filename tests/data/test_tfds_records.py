@@ -225,3 +225,45 @@ def test_random_access_for_in_memory_sources_fails(tiny_fashion_dir):
 def test_bad_storage_settings_fail_before_loading(overrides, match):
   with pytest.raises(ValueError, match=match):
     _build("/nonexistent/dir", overrides=overrides)
+
+
+def test_other_processes_wait_for_the_shared_index(record_dirs, tmp_path, monkeypatch):
+  """Processes > 0 of a run with a shared cache wait for process 0's index."""
+  import threading
+  monkeypatch.setattr(tfds_records, "_CACHE_POLL_S", 0.05)
+  cache_dir = str(tmp_path / "shared")
+  directory = record_dirs["array_record"]
+  # Nobody writes it: a one-line error after the wait, no full pass.
+  with pytest.raises(ValueError, match=r"Waited 0.2s for process 0 to write the index"):
+    _load(directory, storage="random_access", index_cache_dir=cache_dir, index_wait_s=0.2)
+  cached = tfds_records.index_cache_path(cache_dir, full_name=f"{NAME}/1.0.0",
+                                         split="train")
+  assert not os.path.exists(cached)
+
+  results = {}
+  waiter = threading.Thread(target=lambda: results.update(
+      waiter=_load(directory, storage="random_access", index_cache_dir=cache_dir,
+                   index_wait_s=60.0)))
+  waiter.start()
+  writer = _load(directory, storage="random_access", index_cache_dir=cache_dir)  # process 0
+  waiter.join(timeout=60)
+  assert not waiter.is_alive()
+  np.testing.assert_array_equal(results["waiter"].train.labels, writer.train.labels)
+  assert results["waiter"].train.names == writer.train.names
+
+
+@pytest.mark.parametrize("cache_dir,process_index,waits", [
+    ("gs://bucket/index", 1, True), ("gs://bucket/index", 0, False),
+    ("/local/cache", 1, False)])
+def test_only_other_processes_with_a_remote_cache_wait(monkeypatch, cache_dir,
+                                                        process_index, waits):
+  seen = {}
+
+  def capture(*args, read_options, **kwargs):
+    seen["options"] = read_options
+    raise RuntimeError("stop after the read options")
+  monkeypatch.setattr(sources, "load_source", capture)
+  with pytest.raises(RuntimeError, match="stop after"):
+    _build("/unused", overrides={"index_cache_dir": cache_dir},
+           process_index=process_index, process_count=2)
+  assert (seen["options"].index_wait_s > 0) == waits
