@@ -100,11 +100,8 @@ def read_index(reader: RecordReader, *, label_key: str, name_key: str | None,
   def parse(record):
     example = reader.tf_parse(record)
     return {k: example[k] for k in keys}
-  dataset = tf.data.Dataset.range(len(reader)).batch(_INDEX_READ_BATCH)
-  dataset = dataset.map(reader.tf_read).unbatch()
-  dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   chunks = {k: [] for k in keys}
-  for batch in dataset.batch(_INDEX_READ_BATCH).as_numpy_iterator():
+  for batch in _every_record(reader, parse):
     for k in keys:
       chunks[k].append(batch[k])
   labels = np.concatenate(chunks[label_key]).astype(np.int64)
@@ -136,12 +133,16 @@ def _read_cache(cache_path: str | None, *, num_records: int, need_names: bool
 
 def read_all_images(reader: RecordReader) -> np.ndarray:
   """Encoded image bytes of every record (object [N]), for in-memory storage."""
+  chunks = list(_every_record(reader, reader.tf_image_bytes))
+  return np.concatenate(chunks).astype(object) if chunks else np.empty(0, object)
+
+
+def _every_record(reader: RecordReader, parse):
+  """NumPy batches of `parse(record)` over every record, in order (one sequential pass)."""
   dataset = tf.data.Dataset.range(len(reader)).batch(_INDEX_READ_BATCH)
   dataset = dataset.map(reader.tf_read).unbatch()
-  dataset = dataset.map(reader.tf_image_bytes, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-  chunks = list(dataset.batch(_INDEX_READ_BATCH).as_numpy_iterator())
-  return np.concatenate(chunks).astype(object) if chunks else np.empty(0, object)
+  dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.batch(_INDEX_READ_BATCH).as_numpy_iterator()
 
 
 def index_cache_path(cache_dir: str | None, *, full_name: str, split: str) -> str | None:

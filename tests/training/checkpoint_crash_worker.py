@@ -20,8 +20,7 @@ import sys
 import jax
 import numpy as np
 
-from semissl.training import checkpointing, optimizers, sharding, step as step_lib
-from semissl.training.train_loop import create_state
+from semissl.training import checkpointing, sharding
 from tests.training import toy_method
 
 CRASH_STEP = 3
@@ -29,19 +28,7 @@ CRASH_STEP = 3
 
 def toy_setup(total_steps=10):
   """(mesh, state at step 0, train_step) of the toy method on all devices."""
-  mesh = sharding.make_mesh({"data": -1})
-  config = toy_method.toy_config()
-  method = toy_method.ToyMethod(config, toy_method.toy_info())
-  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=16,
-                                           total_steps=total_steps, steps_per_epoch=4)
-  first = sharding.global_batch(toy_method.toy_batch(0), mesh)
-  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=first,
-                                  mesh=mesh)
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, total_steps), mesh=mesh,
-      state_shardings=shardings)
-  return mesh, state, train_step
+  return toy_method.toy_training_setup(total_steps=total_steps)[:3]
 
 
 def flat_host_state(state):

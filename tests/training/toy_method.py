@@ -7,6 +7,8 @@ import numpy as np
 import optax
 
 from semissl.methods import base
+from semissl.training import optimizers, sharding, step as step_lib
+from semissl.training.train_loop import create_state
 
 
 class ToyNet(nn.Module):
@@ -65,3 +67,20 @@ def toy_batch(seed, batch_size=16):
   return {"labelled": {
       "images": {"image": rs.normal(size=(batch_size, 6, 6, 2)).astype(np.float32)},
       "label": rs.randint(0, 3, size=(batch_size,)).astype(np.int32)}}
+
+
+def toy_training_setup(devices=None, total_steps=10):
+  """(mesh, state at step 0, train_step, state shardings, method) of the toy method."""
+  mesh = sharding.make_mesh({"data": -1}, devices=devices)
+  config = toy_config()
+  method = ToyMethod(config, toy_info())
+  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=16,
+                                           total_steps=total_steps, steps_per_epoch=4)
+  first = sharding.global_batch(toy_batch(0), mesh)
+  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=first,
+                                  mesh=mesh)
+  train_step = step_lib.make_train_step(
+      method, tx, lr_schedule=schedule,
+      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, total_steps), mesh=mesh,
+      state_shardings=shardings)
+  return mesh, state, train_step, shardings, method
