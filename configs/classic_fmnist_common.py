@@ -42,6 +42,7 @@ def fmnist_config(args: ml_collections.ConfigDict, *, method_name: str,
   config.data.unlabelled_views = {k: dict(v) for k, v in unlabelled_views.items()}
   config.mu = mu
 
+  common.set_tiny_resnet(config)
   common.set_fmnist_sgd_training(config, num_train_steps=NUM_TRAIN_STEPS)
   return config
 

@@ -43,6 +43,7 @@ def set_cifar_data(config, *, dataset: str, labels: int) -> None:
   data.labels_per_class = labels // NUM_CLASSES[dataset]
   data.labelled_ids_file = None
   data.split_seed = 0
+  data.validation_size = 0  # > 0: held-out train images for val_* metrics
   data.labelled_in_unlabelled = True  # FixMatch: U is the whole training set
   data.image_size = 32
   data.num_channels = 3

@@ -55,6 +55,7 @@ def _set_imagenet(data, labels: str) -> None:
   common.set_labels(data, labels)
   data.labelled_ids_file = None
   data.split_seed = 0
+  data.validation_size = 0  # > 0: held-out train images for val_* metrics
   data.labelled_in_unlabelled = True
   data.image_size = 224
   data.num_channels = 3

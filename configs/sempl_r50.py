@@ -82,6 +82,7 @@ def get_config(arg=None):
   data.labelled_ids_file = (
       f"{args.label_dir}/{args.labels.removesuffix('pct')}percent.txt")
   data.split_seed = 0
+  data.validation_size = 0  # > 0: held-out train images for val_* metrics
   data.labelled_in_unlabelled = False
   data.image_size = 224
   data.num_channels = 3

@@ -44,7 +44,7 @@ def get_config(arg=None):
     raise ValueError(f"stage={args.stage!r}; use one of {', '.join(STAGES)}.")
   config = common.base_config()
   common.set_fmnist_data(config, dataset=args.dataset, labels=args.labels)
-  config.model.name = "tiny_resnet"
+  common.set_tiny_resnet(config)
   config.eval_batch_size = 1000
   config.log_every_steps = 100
   opt = config.optimizer

@@ -68,6 +68,7 @@ def get_config(arg=None):
   data.labels_per_class = None if args.labelled_ids_file else LABELS_PER_CLASS[args.labels]
   data.labelled_ids_file = args.labelled_ids_file or None
   data.split_seed = 0
+  data.validation_size = 0  # > 0: held-out train images for val_* metrics
   data.labelled_in_unlabelled = True
   data.image_size = 224
   data.num_channels = 3

@@ -19,6 +19,7 @@ def get_config(arg=None):
   common.set_fmnist_data(config, dataset=args.dataset, labels=args.labels)
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
 
+  common.set_tiny_resnet(config)
   common.set_fmnist_sgd_training(config, num_train_steps=1500)
   if args.runlocal:
     common.make_runlocal(config)

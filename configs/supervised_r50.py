@@ -24,6 +24,7 @@ def get_config(arg=None):
   data.labels_per_class = None
   data.labelled_ids_file = None
   data.split_seed = 0
+  data.validation_size = 0  # > 0: held-out train images for val_* metrics
   data.labelled_in_unlabelled = True
   data.image_size = 224
   data.num_channels = 3

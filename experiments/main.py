@@ -13,6 +13,7 @@ import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from semissl.training import train_and_evaluate  # noqa: E402
+from semissl.training.metrics import quiet_library_logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -25,6 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  if logging.get_verbosity() <= logging.INFO:
+    quiet_library_logs()  # orbax logs dozens of INFO lines per save; --verbosity=1 shows them
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX processes: %d, local devices: %d, global devices: %d",

@@ -8,6 +8,7 @@ import importlib
 from semissl.data.idx_files import load_fashion_mnist_arrays
 from semissl.data.idx_files import read_idx
 from semissl.data.splits import choose_labelled_ids
+from semissl.data.splits import choose_validation_ids
 from semissl.data.splits import read_labelled_ids
 from semissl.data.splits import write_labelled_ids
 
@@ -25,7 +26,7 @@ _LAZY = {
 
 __all__ = [
     "load_fashion_mnist_arrays", "read_idx", "choose_labelled_ids",
-    "read_labelled_ids", "write_labelled_ids", *_LAZY,
+    "choose_validation_ids", "read_labelled_ids", "write_labelled_ids", *_LAZY,
 ]
 
 

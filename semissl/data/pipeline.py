@@ -3,7 +3,13 @@
 Every source (`semissl.data.sources`: in memory, or by random access for TFDS
 ArrayRecord datasets too large for memory, see `data.storage`) goes through the
 same tf.data stream code (`semissl.data.streams`). All bad input raises a one-line
-ValueError here, before any training step.
+ValueError here, before any training step and before anything is written.
+
+With `data.validation_size` > 0, that many labelled train images are held out
+(`splits.choose_validation_ids`) before the labelled subset is drawn; they are in
+neither training stream (nor in the normalisation statistics) and
+`Input.validation_iter` evaluates on them. Their ids go to
+`<workdir>/validation_ids.txt`, which a later run in the same workdir reuses.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import dataclasses
 import os
 from typing import Any
 
+from etils import epath
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -31,6 +38,7 @@ _DEFAULTS = {
     "labels_per_class": None,
     "labelled_ids_file": None,
     "split_seed": 0,
+    "validation_size": 0,  # train images held out for validation (stratified); 0: off.
     "labelled_in_unlabelled": True,
     "image_size": 28,
     "num_channels": None,
@@ -71,6 +79,7 @@ class DataInfo:
   num_labelled: int
   num_unlabelled: int
   num_eval: int
+  num_validation: int  # held out of the train split (data.validation_size)
   class_names: tuple[str, ...] | None
   mean: tuple[float, ...]
   std: tuple[float, ...]
@@ -100,10 +109,12 @@ class Input:
   info: DataInfo
   labelled_ids: np.ndarray
   unlabelled_ids: np.ndarray
+  validation_ids: np.ndarray  # sorted train ids held out of both streams; may be empty
   local_batch_size: int
   local_unlabelled_batch_size: int
   local_eval_batch_size: int
   num_eval_batches: int
+  num_validation_batches: int
   start_step: int
   _parts: _StreamParts = dataclasses.field(repr=False)
 
@@ -164,10 +175,22 @@ class Input:
     """One pass over the labelled train images with the eval view, batched like
     `eval_iter` (the k-NN monitor's bank, linear evaluation's train set); 'id' is
     the position in `labelled_ids`."""
+    return self._train_eval_iter(self.labelled_ids)
+
+  def validation_iter(self) -> Iterator[dict[str, Any]]:
+    """One pass over the held-out validation images (`validation_ids`) with the eval
+    view, batched, process-sharded and padded exactly like `eval_iter`
+    (`num_validation_batches` batches, mask 0 marks padding); 'id' is the position
+    in `validation_ids`."""
+    if not len(self.validation_ids):
+      raise ValueError("There is no validation split; set data.validation_size > 0.")
+    return self._train_eval_iter(self.validation_ids)
+
+  def _train_eval_iter(self, ids: np.ndarray) -> Iterator[dict[str, Any]]:
+    """Eval-view batches of the train images `ids` (as `eval_stream`)."""
     p = self._parts
     dataset = streams.eval_stream(
-        labels=p.train_labels[self.labelled_ids], ids=self.labelled_ids,
-        source=p.train_source,
+        labels=p.train_labels[ids], ids=ids, source=p.train_source,
         views_fn=self._views_fn({"image": p.eval_view}),
         global_batch=self.local_eval_batch_size * p.process_count,
         local_batch=self.local_eval_batch_size, process_index=p.process_index)
@@ -190,7 +213,8 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
     mu: unlabelled / labelled ratio; the global unlabelled batch is mu * B.
     eval_batch_size: global eval batch.
     seed: experiment seed (stream order and augmentations).
-    workdir: if given, process 0 writes `<workdir>/labelled_ids.txt`.
+    workdir: if given, process 0 writes `<workdir>/labelled_ids.txt` (and, with a
+      validation split, `validation_ids.txt`; an existing one is reused).
     process_index: this process, in [0, process_count).
     process_count: number of processes; each gets a contiguous 1/P of every batch.
     start_step: the first global step `train_iter()` yields (exact resume).
@@ -217,10 +241,10 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
   source = sources.load_source(cfg["dataset"], data_dir=cfg["data_dir"],
                                train_split=cfg["train_split"],
                                eval_split=cfg["eval_split"], read_options=read_options)
-  labelled_ids = _labelled_ids(cfg, source.train)
+  validation_ids, labelled_ids = _split_ids(cfg, source.train, workdir=workdir)
   unlabelled_ids = splits.unlabelled_ids(
       num_examples=len(source.train), labelled_ids=labelled_ids,
-      include_labelled=bool(cfg["labelled_in_unlabelled"]))
+      include_labelled=bool(cfg["labelled_in_unlabelled"]), held_out=validation_ids)
   if cfg["unlabelled_views"] and not len(unlabelled_ids):
     raise ValueError("Every training example is labelled, so the unlabelled stream is "
                      "empty; set data.labelled_in_unlabelled=True or label fewer.")
@@ -230,19 +254,26 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
                                            channels=channels)
   eval_source = streams.make_image_source(source.eval, source_channels=source.channels,
                                           channels=channels)
+  train_ids = splits.unlabelled_ids(num_examples=len(source.train),
+                                    labelled_ids=labelled_ids, include_labelled=True,
+                                    held_out=validation_ids)
   mean, std = _normalisation(cfg, channels=channels, source=train_source,
-                             num_train=len(source.train), options=options)
+                             train_ids=train_ids, options=options)
   image_size = int(cfg["image_size"])
   _dry_run_views(cfg, source=train_source, image_size=image_size)
 
   if workdir is not None and process_index == 0:
     splits.write_labelled_ids(os.path.join(workdir, splits.LABELLED_IDS_FILENAME),
                               labelled_ids)
+    if len(validation_ids):
+      splits.write_labelled_ids(os.path.join(workdir, splits.VALIDATION_IDS_FILENAME),
+                                validation_ids)
   info = DataInfo(
       num_classes=source.num_classes, image_shape=(image_size, image_size, channels),
       num_train=len(source.train), num_labelled=len(labelled_ids),
       num_unlabelled=len(unlabelled_ids),
-      num_eval=len(source.eval), class_names=source.class_names, mean=mean, std=std)
+      num_eval=len(source.eval), num_validation=len(validation_ids),
+      class_names=source.class_names, mean=mean, std=std)
   parts = _StreamParts(
       train_labels=source.train.labels, eval_labels=source.eval.labels,
       train_source=train_source, eval_source=eval_source,
@@ -252,10 +283,12 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
       prefetch=int(cfg["prefetch"]) if cfg["prefetch"] else tf.data.AUTOTUNE)
   return Input(
       info=info, labelled_ids=labelled_ids, unlabelled_ids=unlabelled_ids,
+      validation_ids=validation_ids,
       local_batch_size=batch_size // process_count,
       local_unlabelled_batch_size=unlabelled_batch // process_count,
       local_eval_batch_size=eval_batch_size // process_count,
       num_eval_batches=-(-len(source.eval) // eval_batch_size),
+      num_validation_batches=-(-len(validation_ids) // eval_batch_size),
       start_step=int(start_step), _parts=parts)
 
 
@@ -300,6 +333,10 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
                        f"count {process_count}; change it.")
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
+  size = cfg["validation_size"]
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+    raise ValueError(f"data.validation_size={size!r} must be an int >= 0 (0: no "
+                     "validation split).")
   chosen = [k for k in ("label_fraction", "labels_per_class", "labelled_ids_file")
             if cfg[k] is not None]
   if len(chosen) != 1:
@@ -329,19 +366,47 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
   return unlabelled_batch
 
 
-def _labelled_ids(cfg: dict[str, Any], train: sources.SplitExamples) -> np.ndarray:
+def _split_ids(cfg: dict[str, Any], train: sources.SplitExamples, *,
+               workdir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """(validation ids, labelled ids) of the train split.
+
+  The validation ids are those of `<workdir>/validation_ids.txt` when an earlier run
+  wrote it (a resumed run keeps its split), else drawn by
+  `splits.choose_validation_ids` (avoiding the ids of a `labelled_ids_file`). The
+  labelled subset is the id file's, or drawn from the ids not held out.
+  """
+  size, seed = int(cfg["validation_size"]), int(cfg["split_seed"])
+  given = None
   if cfg["labelled_ids_file"] is not None:
-    return splits.read_labelled_ids(cfg["labelled_ids_file"], num_examples=len(train),
-                                    names=train.names)
-  return splits.choose_labelled_ids(
-      labels=train.labels, seed=int(cfg["split_seed"]),
-      label_fraction=cfg["label_fraction"], labels_per_class=cfg["labels_per_class"])
+    given = splits.read_labelled_ids(cfg["labelled_ids_file"], num_examples=len(train),
+                                     names=train.names)
+  path = os.path.join(workdir, splits.VALIDATION_IDS_FILENAME) if workdir else None
+  if path is not None and epath.Path(path).exists():
+    validation = splits.read_labelled_ids(path, num_examples=len(train))
+    if len(validation) != size:
+      raise ValueError(
+          f"{path} holds {len(validation)} validation ids of an earlier run but "
+          f"data.validation_size={size}; set it to {len(validation)} or use a new workdir.")
+  else:
+    validation = splits.choose_validation_ids(labels=train.labels, validation_size=size,
+                                              seed=seed, exclude=given)
+  if given is not None:
+    overlap = np.intersect1d(given, validation)
+    if len(overlap):
+      raise ValueError(
+          f"data.labelled_ids_file lists {len(overlap)} ids held out for validation in "
+          f"{path} (e.g. {overlap[:3].tolist()}); use a new workdir for this subset.")
+    return validation, given
+  return validation, splits.choose_labelled_ids(
+      labels=train.labels, seed=seed, label_fraction=cfg["label_fraction"],
+      labels_per_class=cfg["labels_per_class"], held_out=validation)
 
 
 def _normalisation(cfg: dict[str, Any], *, channels: int, source: streams.ImageSource,
-                   num_train: int, options: tf.data.Options
+                   train_ids: np.ndarray, options: tf.data.Options
                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel (mean, std): given, known for the dataset, or computed."""
+  """Per-channel (mean, std): given, known for the dataset, or computed over evenly
+  spaced `train_ids` (the train split less any validation ids)."""
   given = {}
   for key in ("mean", "std"):
     value = cfg[key]
@@ -360,9 +425,10 @@ def _normalisation(cfg: dict[str, Any], *, channels: int, source: streams.ImageS
     if known and channels == 3:
       mean, std = known
     else:
-      sample = np.unique(np.linspace(0, num_train - 1,
-                                     min(num_train, int(cfg["stats_sample_size"])))
-                         .round().astype(np.int64))
+      num_train = len(train_ids)
+      sample = train_ids[np.unique(
+          np.linspace(0, num_train - 1, min(num_train, int(cfg["stats_sample_size"])))
+          .round().astype(np.int64))]
       mean, std = streams.channel_statistics(source=source, ids=sample, options=options)
       std = tuple(s if s > 1e-6 else 1.0 for s in std)  # constant images
     given.setdefault("mean", tuple(mean))

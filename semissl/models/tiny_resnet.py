@@ -1,11 +1,15 @@
 """A small ResNet for quick CPU runs (Fashion-MNIST 28x28x1, CIFAR-size demos).
 
-3x3 stride-1 stem conv (32 channels) -> three stages of one basic block at
-32/64/128 channels with strides 2/2/2 -> global average pool: features [B, 128].
-0.30M parameters (0.31M with a 10-way linear head). The default strides
+3x3 stem conv (32 channels, stride `stem_stride`) -> three stages of one basic
+block at 32/64/128 channels with strides `stage_strides` -> global average pool:
+features [B, 128]. 0.30M parameters (0.31M with a 10-way linear head). The default strides
 (2, 2, 2) are about 3.5x cheaper than (1, 2, 2) at 28x28 (forward + backward of
 256 images: ~0.15 s vs ~0.5 s on 2 CPU cores) and trained Fashion-MNIST as well
 in a short run (85.6% vs 80.4% top-1 after 300 SGD steps), so CPU demos use them.
+`stem_stride=2` with `stage_strides=(1, 2, 2)` gives the same stage resolutions
+(14/7/4 at 28 px) and parameters but never holds a 28 x 28 x 32 activation: the
+stride-1 stem conv at full resolution and the strided first block's backward
+pass are the slowest ops of the default layout on CPU (see docs/PERFORMANCE.md).
 """
 
 from collections.abc import Sequence
@@ -24,6 +28,7 @@ class TinyResNet(nn.Module):
 
   Attributes:
     stem_width: channels of the 3x3 stem conv.
+    stem_stride: stride of the stem conv.
     stage_widths: channels of each stage.
     stage_strides: stride of the first block of each stage.
     blocks_per_stage: basic blocks in each stage.
@@ -34,6 +39,7 @@ class TinyResNet(nn.Module):
   """
 
   stem_width: int = 32
+  stem_stride: int = 1
   stage_widths: Sequence[int] = (32, 64, 128)
   stage_strides: Sequence[int] = (2, 2, 2)
   blocks_per_stage: int = 1
@@ -57,7 +63,8 @@ class TinyResNet(nn.Module):
         epsilon=self.bn_epsilon,
         dtype=self.dtype,
     )
-    x = conv(self.stem_width, (3, 3), padding=1, name="stem_conv")(
+    x = conv(self.stem_width, (3, 3), strides=self.stem_stride, padding=1,
+             name="stem_conv")(
         x.astype(self.dtype)
     )
     x = nn.relu(norm(name="stem_bn")(x))

@@ -5,7 +5,10 @@
   labelled train images (eval view) form the bank, eval images are the queries;
   cosine similarity, the k most similar vote with weight exp(sim / T) (Wu et al.
   2018; k=20, T=0.07 as DINO), k=1 is the nearest neighbour. Reports
-  `eval_knn_top1` (online) and `eval_ema_knn_top1` (EMA target).
+  `eval_knn_top1` (online) and `eval_ema_knn_top1` (EMA target), and with a
+  validation split (`data.validation_size`) `val_knn_top1`, `val_ema_knn_top1`
+  (its images queried against the same bank); `eval_splits` / `mean_over_batches`
+  are the split loop the classifier evaluation shares.
 * Linear evaluation on frozen features (SimCLRv2 §3, "linear evaluation"):
   features are extracted once, then a softmax-regression classifier is fitted
   with optax L-BFGS on the full feature matrix (`fit_linear_probe`);
@@ -89,6 +92,29 @@ def extract_features(feature_fn: Callable, state: Any, batches: Iterable[dict],
           np.concatenate(labels))
 
 
+def eval_splits(data: Any) -> dict[str, Callable[[], Iterable[dict]]]:
+  """Metric prefix -> batch iterator factory of every split an evaluation covers:
+  'eval_' (the eval split) and, when `data.info.num_validation` > 0, 'val_' (the
+  validation images held out of the train split)."""
+  splits = {"eval_": data.eval_iter}
+  if data.info.num_validation:
+    splits["val_"] = data.validation_iter
+  return splits
+
+
+def mean_over_batches(sums_fn: Callable[[dict], dict], batches: Iterable[dict], *,
+                      prefix: str) -> dict[str, float]:
+  """{prefix + name: sum / count} of `sums_fn(local_batch)` = {'count', name: sum}
+  (device or host scalars) summed over `batches`."""
+  totals: dict[str, float] = {}
+  for local_batch in batches:
+    sums = jax.device_get(sums_fn(local_batch))
+    for key, value in sums.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  count = max(totals.pop("count", 0.0), 1.0)
+  return {f"{prefix}{key}": value / count for key, value in totals.items()}
+
+
 def _replicate(array: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
   """A host array (equal on every process) as a replicated global array."""
   return jax.make_array_from_callback(array.shape, sharding.replicated(mesh),
@@ -96,10 +122,11 @@ def _replicate(array: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
 
 
 class KnnMonitor:
-  """Online k-NN top-1 of encoder features (online and EMA) on the eval split.
+  """Online k-NN top-1 of encoder features (online and EMA) on the eval split
+  (and the validation split, if any: see `eval_splits`).
 
   `monitor(state, data)` re-extracts the labelled bank with the current
-  encoder, then votes for every eval image on device. The encoder is compiled
+  encoder once, then votes for every eval (and validation) image on device. The encoder is compiled
   once (`make_feature_fn`, for bank and queries); the vote is a small jit.
   """
 
@@ -129,14 +156,14 @@ class KnnMonitor:
                                          self.mesh)
     banks = {prefix: (_replicate(features, self.mesh), _replicate(bank_labels, self.mesh))
              for prefix, features in bank.items()}
-    totals: dict[str, float] = {}
-    for local_batch in data.eval_iter():
+    def sums_fn(local_batch):
       queries = self.feature_fn(state, sharding.global_batch(local_batch, self.mesh))
-      sums = jax.device_get(self._correct_counts(queries, banks))
-      for key, value in sums.items():
-        totals[key] = totals.get(key, 0.0) + float(value)
-    count = max(totals.pop("count", 0.0), 1.0)
-    return {f"eval_{key}": value / count for key, value in totals.items()}
+      return self._correct_counts(queries, banks)
+
+    metrics: dict[str, float] = {}
+    for prefix, batches in eval_splits(data).items():
+      metrics.update(mean_over_batches(sums_fn, batches(), prefix=prefix))
+    return metrics
 
 
 @dataclasses.dataclass(frozen=True)

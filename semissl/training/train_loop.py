@@ -18,7 +18,7 @@ from absl import logging
 
 from semissl import methods
 from semissl.training import checkpointing, evaluation, optimizers, sharding, workdirs
-from semissl.training.metrics import MetricLogger
+from semissl.training.metrics import MetricLogger, StepTimer
 from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
 
@@ -84,16 +84,15 @@ def make_evaluator(method, *, config, mesh, state_shardings):
 
 def evaluate(eval_step, state, data, mesh) -> dict[str, float]:
   """Eval metrics of `state`: `eval_top1`, `eval_top5` and their `eval_ema_*`, or,
-  with a `KnnMonitor` as `eval_step`, `eval_knn_top1` and `eval_ema_knn_top1`."""
+  with a `KnnMonitor` as `eval_step`, `eval_knn_top1` and `eval_ema_knn_top1`; with
+  a validation split (`data.validation_size`) the same on it as `val_*`."""
   if isinstance(eval_step, evaluation.KnnMonitor):
     return eval_step(state, data)
-  totals: dict[str, float] = {}
-  for local_batch in data.eval_iter():
-    sums = jax.device_get(eval_step(state, sharding.global_batch(local_batch, mesh)))
-    for key, value in sums.items():
-      totals[key] = totals.get(key, 0.0) + float(value)
-  count = max(totals.pop("count", 0.0), 1.0)
-  return {f"eval_{key}": value / count for key, value in totals.items()}
+  sums_fn = lambda local_batch: eval_step(state, sharding.global_batch(local_batch, mesh))
+  metrics: dict[str, float] = {}
+  for prefix, batches in evaluation.eval_splits(data).items():
+    metrics.update(evaluation.mean_over_batches(sums_fn, batches(), prefix=prefix))
+  return metrics
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -154,19 +153,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         log_every=config.get("log_every_steps", 50))
 
   step = int(jax.device_get(state.step))
+  first_step = step
   batch = first_batch
   eval_metrics: dict[str, float] = {}
   start_time = time.time()
+  timer = StepTimer()  # train_step_ms / train_data_wait_ms: see StepTimer
   while step < total_steps:
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, batch)  # dispatched; runs asynchronously
+    if step == first_step:
+      timer.restart()  # the first call blocks while compiling: not a train step's time
     step += 1
-    logger.record_train(step, metrics)
+    # One batch of device prefetch: the next batch is read and sent to the devices
+    # while the step just dispatched runs, before anything blocks on its results.
     if step < total_steps:
-      batch = sharding.global_batch(next(train_iter), mesh)
+      with timer.waiting():
+        batch = sharding.global_batch(next(train_iter), mesh)
+    logger.record_train(step, metrics, timer)
     eval_every = config.get("eval_every_steps", 0)
     if eval_every and step % eval_every == 0 and step < total_steps:
-      eval_metrics = evaluate(eval_step, state, data, mesh)
-      logger.write(step, eval_metrics)
+      with timer.paused():
+        eval_metrics = evaluate(eval_step, state, data, mesh)
+        logger.write(step, eval_metrics)
     checkpointing.save(manager, state)
     if manager.reached_preemption(step):
       checkpointing.save(manager, state, force=True)
@@ -181,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.close()
   results = dict(eval_metrics, step=step, train_seconds=time.time() - start_time,
                  num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
-                 **logger.last_train_metrics())
+                 num_validation=data.info.num_validation, **logger.last_train_metrics())
   if jax.process_index() == 0:
     workdirs.write_json(workdirs.resolve(workdir) / "results.json",
                         {"metrics": results, "config": config.to_dict()})

@@ -83,3 +83,93 @@ def test_id_file_with_unknown_ids(tmp_path):
 def test_missing_id_file(tmp_path):
   with pytest.raises(ValueError, match="does not exist"):
     splits.read_labelled_ids(str(tmp_path / "nope.txt"), num_examples=3)
+
+
+# Validation split: stratified, seeded, held out of the labelled and unlabelled ids.
+
+_VALIDATION_COUNTS = (50, 7, 120, 33, 9)
+
+
+@pytest.fixture(scope="module")
+def val_labels():
+  rng = np.random.default_rng(1)
+  return rng.permutation(
+      np.concatenate([np.full(n, c) for c, n in enumerate(_VALIDATION_COUNTS)]))
+
+
+@pytest.mark.parametrize("size, per_class", [
+    (0, [0, 0, 0, 0, 0]), (3, [1, 1, 1, 0, 0]), (10, [2, 2, 2, 2, 2]),
+    (13, [3, 3, 3, 2, 2]), (35, [7, 7, 7, 7, 7])])
+def test_validation_is_stratified_remainder_to_first_classes(val_labels, size, per_class):
+  ids = splits.choose_validation_ids(labels=val_labels, validation_size=size, seed=0)
+  assert ids.dtype == np.int64 and len(ids) == size and np.all(np.diff(ids) > 0)
+  np.testing.assert_array_equal(np.bincount(val_labels[ids], minlength=5), per_class)
+
+
+def test_validation_same_seed_same_ids_other_seed_other_ids(val_labels):
+  a = splits.choose_validation_ids(labels=val_labels, validation_size=20, seed=5)
+  b = splits.choose_validation_ids(labels=val_labels, validation_size=20, seed=5)
+  c = splits.choose_validation_ids(labels=val_labels, validation_size=20, seed=6)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  # Not the labelled draw of the same seed: the generators are independent.
+  labelled = splits.choose_labelled_ids(labels=val_labels, seed=5, labels_per_class=4)
+  assert not np.array_equal(a, labelled)
+
+
+def test_labelled_subset_avoids_validation_and_keeps_its_size(val_labels):
+  validation = splits.choose_validation_ids(labels=val_labels, validation_size=20, seed=2)
+  for kwargs in ({"label_fraction": 0.1}, {"labels_per_class": 2}):
+    without = splits.choose_labelled_ids(labels=val_labels, seed=2, **kwargs)
+    with_val = splits.choose_labelled_ids(labels=val_labels, seed=2, held_out=validation,
+                                          **kwargs)
+    assert not np.isin(with_val, validation).any()
+    np.testing.assert_array_equal(np.bincount(val_labels[with_val], minlength=5),
+                                  np.bincount(val_labels[without], minlength=5))
+    # Labelled ids outside the validation split stay labelled.
+    assert np.isin(np.setdiff1d(without, validation), with_val).all()
+
+
+def test_validation_never_draws_excluded_ids(val_labels):
+  given = np.flatnonzero(val_labels == 1)[:6]  # 6 of class 1's 7 examples
+  ids = splits.choose_validation_ids(labels=val_labels, validation_size=5, seed=0,
+                                     exclude=given)
+  assert not np.isin(ids, given).any()
+  assert np.sum(val_labels[ids] == 1) == 1
+  with pytest.raises(ValueError, match="takes 2 examples of class 1, which has only 1 "
+                     "outside data.labelled_ids_file"):
+    splits.choose_validation_ids(labels=val_labels, validation_size=10, seed=0,
+                                 exclude=given)
+
+
+def test_unlabelled_ids_never_held_out():
+  labelled, held_out = np.array([1, 4], np.int64), np.array([0, 4, 5], np.int64)
+  np.testing.assert_array_equal(
+      splits.unlabelled_ids(num_examples=7, labelled_ids=labelled, include_labelled=True,
+                            held_out=held_out), [1, 2, 3, 6])
+  np.testing.assert_array_equal(
+      splits.unlabelled_ids(num_examples=7, labelled_ids=labelled, include_labelled=False,
+                            held_out=held_out), [2, 3, 6])
+
+
+def test_validation_errors(val_labels):
+  with pytest.raises(ValueError, match=r"validation_size=-1 must be >= 0"):
+    splits.choose_validation_ids(labels=val_labels, validation_size=-1, seed=0)
+  # 50 -> 10 per class; class 1 has 7 examples.
+  with pytest.raises(ValueError, match="takes 10 examples of class 1, which has only 7;"):
+    splits.choose_validation_ids(labels=val_labels, validation_size=50, seed=0)
+  # 30 -> 6 per class leaves class 1 one example, fewer than its 2 labelled ones.
+  validation = splits.choose_validation_ids(labels=val_labels, validation_size=30, seed=0)
+  with pytest.raises(ValueError, match="Class 1 keeps only 1 examples outside the "
+                     "validation split, fewer than its 2 labelled ones") as info:
+    splits.choose_labelled_ids(labels=val_labels, seed=0, labels_per_class=2,
+                               held_out=validation)
+  assert "\n" not in str(info.value)
+
+
+def test_full_fraction_labels_everything_not_held_out(val_labels):
+  validation = splits.choose_validation_ids(labels=val_labels, validation_size=10, seed=0)
+  labelled = splits.choose_labelled_ids(labels=val_labels, seed=0, label_fraction=1.0,
+                                        held_out=validation)
+  expected = np.setdiff1d(np.arange(len(val_labels)), validation)
+  np.testing.assert_array_equal(labelled, expected)

@@ -23,7 +23,7 @@ def _config(**overrides):
   return config
 
 
-def test_runs_and_writes_results(tmp_path):
+def test_runs_and_writes_results(tmp_path, capsys):
   results = train_and_evaluate(_config(), str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
   assert written["metrics"]["step"] == 6
@@ -33,9 +33,37 @@ def test_runs_and_writes_results(tmp_path):
   assert np.isfinite(results["train_loss"])
   logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in logged if "train_loss" in r] == [2, 4, 6]
+  for record in (r for r in logged if "train_loss" in r):  # input wait vs step time
+    assert 0.0 <= record["train_data_wait_ms"] <= record["train_step_ms"]
+    assert 0.0 <= record["train_data_wait_fraction"] <= 1.0
+  progress = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("step ")]
+  assert progress[0].startswith("step 2/6 (33%) | ") and " steps/s | ETA " in progress[0]
+  assert " | loss " in progress[0] and progress[0].split(" | ")[-1].startswith("wait ")
   assert logged[-1]["eval_top1"] == results["eval_top1"]
   ids = np.loadtxt(tmp_path / "labelled_ids.txt", dtype=np.int64)
   assert len(ids) == results["num_labelled"] == 600
+
+
+def test_validation_split_metrics(tmp_path):
+  config = _config()
+  config.data.validation_size = 130
+  results = train_and_evaluate(config, str(tmp_path))
+  written = json.load(open(tmp_path / "results.json"))["metrics"]
+  for key in ("eval_top1", "eval_ema_top1", "val_top1", "val_top5", "val_ema_top1",
+              "val_ema_top5"):
+    assert 0.0 <= written[key] <= 1.0 and written[key] == results[key], key
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  evals = [r for r in logged if "eval_top1" in r]
+  assert [r["step"] for r in evals] == [3, 6]  # the periodic and the final evaluation
+  assert all("val_top1" in r and "val_ema_top1" in r for r in evals)
+  assert evals[-1]["val_top1"] == results["val_top1"]
+  validation = np.loadtxt(tmp_path / "validation_ids.txt", dtype=np.int64)
+  labelled = np.loadtxt(tmp_path / "labelled_ids.txt", dtype=np.int64)
+  assert len(validation) == results["num_validation"] == 130
+  assert len(labelled) == results["num_labelled"] == 600
+  assert not np.isin(labelled, validation).any()
+  assert results["num_unlabelled"] == 60000 - 130
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -1,4 +1,6 @@
 """Evaluation protocols: k-NN vote and monitor, linear probe, per-group lrs, eval iterators."""
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,11 +54,14 @@ class _FlattenFeatures(base.Method):
 
 
 class _ToyData:
-  """`labelled_eval_iter` / `eval_iter` as the pipeline yields them: padded, with mask."""
+  """`labelled_eval_iter` / `eval_iter` (/ `validation_iter`) as the pipeline yields
+  them: padded, with mask."""
 
-  def __init__(self, bank, bank_labels, queries, query_labels, batch=8):
-    self.parts = [(bank, bank_labels), (queries, query_labels)]
+  def __init__(self, bank, bank_labels, queries, query_labels, batch=8, validation=None):
+    self.parts = [(bank, bank_labels), (queries, query_labels), validation]
     self.batch = batch
+    self.info = types.SimpleNamespace(
+        num_validation=0 if validation is None else len(validation[1]))
 
   def _iter(self, images, labels):
     for start in range(0, len(labels), self.batch):
@@ -73,14 +78,20 @@ class _ToyData:
   def eval_iter(self):
     return self._iter(*self.parts[1])
 
+  def validation_iter(self):
+    return self._iter(*self.parts[2])
 
-def test_knn_monitor_matches_numpy_on_mesh(mesh8):
+
+@pytest.mark.parametrize("with_validation", [False, True])
+def test_knn_monitor_matches_numpy_on_mesh(mesh8, with_validation):
   rs = np.random.RandomState(1)
   centres = rs.normal(size=(3, 2, 2, 1)) * 2.0
   bank_labels = rs.randint(0, 3, size=13).astype(np.int32)
   query_labels = rs.randint(0, 3, size=21).astype(np.int32)
   bank = (centres[bank_labels] + rs.normal(size=(13, 2, 2, 1))).astype(np.float32)
   queries = (centres[query_labels] + rs.normal(size=(21, 2, 2, 1))).astype(np.float32)
+  val_labels = rs.randint(0, 3, size=11).astype(np.int32)
+  val_queries = (centres[val_labels] + rs.normal(size=(11, 2, 2, 1)) * 2.0).astype(np.float32)
   info = base.DatasetInfo(num_classes=3, image_shape=(2, 2, 1), num_labelled=13,
                           num_unlabelled=0)
   method = _FlattenFeatures(ml_collections.ConfigDict(), info)
@@ -89,13 +100,22 @@ def test_knn_monitor_matches_numpy_on_mesh(mesh8):
                                   example_batch=example, mesh=mesh8)
   monitor = evaluation.KnnMonitor(method, mesh=mesh8, state_shardings=shardings, k=5,
                                   temperature=0.1)
-  metrics = monitor(state, _ToyData(bank, bank_labels, queries, query_labels))
-  scores = _numpy_knn_scores(queries.reshape(21, -1).astype(np.float64),
-                             bank.reshape(13, -1).astype(np.float64), bank_labels, 3, 5, 0.1)
-  expected = np.mean(np.argmax(scores, 1) == query_labels)
-  assert set(metrics) == {"eval_knn_top1", "eval_ema_knn_top1"}
+  validation = (val_queries, val_labels) if with_validation else None
+  metrics = monitor(state, _ToyData(bank, bank_labels, queries, query_labels,
+                                    validation=validation))
+  numpy_top1 = lambda q, labels: np.mean(np.argmax(_numpy_knn_scores(
+      q.reshape(len(q), -1).astype(np.float64), bank.reshape(13, -1).astype(np.float64),
+      bank_labels, 3, 5, 0.1), 1) == labels)
+  expected = numpy_top1(queries, query_labels)
+  prefixes = ("eval_", "val_") if with_validation else ("eval_",)
+  assert set(metrics) == {p + k for p in prefixes for k in ("knn_top1", "ema_knn_top1")}
   np.testing.assert_allclose(metrics["eval_knn_top1"], expected, rtol=1e-6)
   np.testing.assert_allclose(metrics["eval_ema_knn_top1"], expected, rtol=1e-6)
+  if with_validation:  # the validation images are queried against the same bank
+    expected_val = numpy_top1(val_queries, val_labels)
+    assert expected_val != expected
+    np.testing.assert_allclose(metrics["val_knn_top1"], expected_val, rtol=1e-6)
+    np.testing.assert_allclose(metrics["val_ema_knn_top1"], expected_val, rtol=1e-6)
 
 
 def test_linear_probe_separates_linearly_separable_features():
