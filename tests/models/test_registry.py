@@ -3,8 +3,10 @@
 import subprocess
 import sys
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from semissl import models
@@ -120,3 +122,31 @@ def test_tiny_resnet_stage_strides():
         ),
         x,
     )
+
+
+def test_tiny_resnet_stride2_stem_layout():
+  """stem_stride=2 + stages (1, 2, 2): the 14/7/4 stage resolutions of the default
+  layout, no 28 x 28 activation, and the default's parameters minus stage 1's 1x1
+  projection shortcut (its input and output already match)."""
+  x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+
+  def shapes(model):
+    _, state = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.key(0), x, train=False,
+                                         capture_intermediates=True), x)
+    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state["params"]))
+    flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+    conv_outputs = {key[:-len("/__call__")]: value[0].shape for key, value in flat.items()
+                    if key.endswith(("conv1/__call__", "stem_conv/__call__"))}
+    return params, conv_outputs
+
+  default_params, default_convs = shapes(models.get_backbone("tiny_resnet"))
+  fast_params, fast_convs = shapes(models.get_backbone(
+      "tiny_resnet", stem_stride=2, stage_strides=(1, 2, 2)))
+  assert default_convs["stem_conv"] == (2, 28, 28, 32)
+  assert fast_convs["stem_conv"] == (2, 14, 14, 32)
+  for stage, size in (("stage1_block1/conv1", 14), ("stage2_block1/conv1", 7),
+                      ("stage3_block1/conv1", 4)):
+    assert default_convs[stage][1:3] == fast_convs[stage][1:3] == (size, size)
+  shortcut = 32 * 32 + 2 * 32  # 1x1 conv 32 -> 32, BN scale + bias
+  assert fast_params == default_params - shortcut
