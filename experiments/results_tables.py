@@ -198,10 +198,9 @@ def plot_curves(entries, labels, flagships, out) -> str | None:
   if not drawn:
     plt.close(fig)
     return None
-  ax.set(title=f"test top-1 over training, labels={labels} (seed 0; multi-stage entries: "
-         "last stage, steps counted from the start of the pipeline)", xlabel="step",
-         ylabel="top-1")
-  ax.title.set_fontsize(8)
+  # Multi-stage entries: their last stage, steps counted from the pipeline's start.
+  ax.set(title=f"test top-1 over training, labels={labels} (seed 0)",
+         xlabel="step (multi-stage: from the first stage's start)", ylabel="top-1")
   ax.legend(fontsize=7)
   return _save(plt, fig, out)
 
