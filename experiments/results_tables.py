@@ -19,20 +19,30 @@ def load_run(path: str) -> dict | None:
   stages = []
   index = 0
   while os.path.exists(os.path.join(path, f"stage{index}", "results.json")):
-    stage_dir = os.path.join(path, f"stage{index}")
-    with open(os.path.join(stage_dir, "results.json")) as f:
-      metrics = json.load(f)["metrics"]
-    records = []
-    if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
-      with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    command = ""
-    if os.path.exists(os.path.join(stage_dir, "command.txt")):
-      with open(os.path.join(stage_dir, "command.txt")) as f:
-        command = f.read().strip()
-    stages.append({"metrics": metrics, "records": records, "command": command})
+    stages.append(_load_stage(os.path.join(path, f"stage{index}")))
     index += 1
   return {"stages": stages} if stages else None
+
+
+def load_run_dir(path: str) -> dict | None:
+  """A single-stage run kept directly in `path` (diagnostic experiments)."""
+  if not os.path.exists(os.path.join(path, "results.json")):
+    return None
+  return {"stages": [_load_stage(path)]}
+
+
+def _load_stage(stage_dir: str) -> dict:
+  with open(os.path.join(stage_dir, "results.json")) as f:
+    metrics = json.load(f)["metrics"]
+  records = []
+  if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  command = ""
+  if os.path.exists(os.path.join(stage_dir, "command.txt")):
+    with open(os.path.join(stage_dir, "command.txt")) as f:
+      command = f.read().strip()
+  return {"metrics": metrics, "records": records, "command": command}
 
 
 def load_store(store: str, names: list[str], slug, *, labels: list[str],
