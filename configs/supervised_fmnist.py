@@ -20,7 +20,8 @@ def get_config(arg=None):
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
 
   common.set_tiny_resnet(config)
-  common.set_fmnist_sgd_training(config, num_train_steps=1500)
+  common.set_fmnist_sgd_training(config, base_lr=common.SUPERVISED_BASE_LR,
+                                num_train_steps=1500)
   if args.runlocal:
     common.make_runlocal(config)
   return config

@@ -289,6 +289,31 @@ def test_configs_validate():
     semppl.SemPPL(config, _info()).validate()
   with pytest.raises(ValueError, match="init_from"):
     sempl_fmnist.get_config("stage=finetune")
+  with pytest.raises(ValueError, match="drop protocol=semppl"):
+    sempl_fmnist.get_config("stage=scratch,protocol=semppl")
+
+
+def test_fmnist_scratch_is_the_label_only_baseline():
+  # SemPPL -> fine-tune is compared against label-only: the scratch stage must be it.
+  from configs import supervised_fmnist
+  for labels in ("40", "1pct"):
+    assert (sempl_fmnist.get_config(f"labels={labels},stage=scratch").to_dict()
+            == supervised_fmnist.get_config(f"labels={labels}").to_dict())
+
+
+def test_fmnist_semppl_finetune_protocol_loads_the_pretraining_head():
+  pretrain = sempl_fmnist.get_config()
+  config = sempl_fmnist.get_config("stage=finetune,init_from=/p,protocol=semppl,"
+                                   "encoder_lr=0.02,classifier_lr=0.5")
+  assert config.init_from == "/p"
+  assert (config.method.name, config.method.head_type) == ("simclr_finetune", "semppl")
+  assert config.method.head_hidden_dim == pretrain.method.projector_hidden_dim
+  assert config.model.to_dict() == pretrain.model.to_dict()
+  assert config.optimizer.base_lr == 0.02
+  assert config.optimizer.lr_multipliers == ((r"^classifier/", 25.0),)
+  assert (config.mu, config.knn_monitor, config.num_epochs) == (0, None, 30.0)
+  assert sempl_fmnist.get_config("labels=40,stage=finetune,init_from=/p,"
+                                 "protocol=semppl").num_epochs == 60.0
 
 
 def test_end_to_end_pretrain_then_finetune(tmp_path):
