@@ -237,7 +237,7 @@ def plot_pseudo_labels(entries, labels, out) -> str | None:
   ax_acc.set(title=f"pseudo-label accuracy (unlabelled batch), labels={labels}",
              xlabel="step", ylabel="accuracy", ylim=(0, 1))
   ax_mask.set(title="mask rate (pseudo-labels used)", xlabel="step", ylabel="fraction",
-              ylim=(0, 1))
+              ylim=(0, 1.02))  # a mask rate of 1 (SemPPL uses every pseudo-label) shows
   ax_acc.legend(fontsize=7)
   ax_mask.legend(fontsize=7)
   return _save(plt, fig, out)
