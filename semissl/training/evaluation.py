@@ -13,6 +13,9 @@
   features are extracted once, then a softmax-regression classifier is fitted
   with optax L-BFGS on the full feature matrix (`fit_linear_probe`);
   `linear_evaluation(config, workdir)` runs the whole protocol on a checkpoint.
+* `classifier_confusion(config, workdir)`: the per-class confusion of a run's
+  classifier on the validation split (experiments/confusion.py);
+  `restore_for_evaluation` is the checkpoint loader both share.
 * Fine-tuning per SemPPL App. A.1: `semppl_finetune_protocol(config)` turns a
   `simclr_finetune` config into that protocol (classifier on the first projector
   layer, SGD Nesterov, encoder and classifier learning rates through an
@@ -57,17 +60,22 @@ def knn_class_scores(*, query_features: jax.Array, bank_features: jax.Array,
   return jnp.einsum("qk,qkc->qc", weights, votes)
 
 
-def make_feature_fn(method, *, mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+def make_feature_fn(method, *, mesh: jax.sharding.Mesh, state_shardings: Any,
+                    output: str = "features") -> Callable:
   """Jitted `(state, batch) -> {'features': {'': online, 'ema_': EMA}, 'label', 'mask'}`.
 
   `batch` is an eval-style batch; the outputs are replicated, so every process
-  can read them whole.
+  can read them whole. `output` 'features' (`method.eval_features`) or 'logits'
+  (`method.eval_logits`, for methods with a classifier).
   """
+  if output not in ("features", "logits"):
+    raise ValueError(f"output={output!r}; use 'features' or 'logits'.")
+  apply = getattr(method, "eval_" + output)
 
   def features(state, batch):
     images = batch["images"]["image"]
-    return {"features": {"": method.eval_features(state.variables, images),
-                         "ema_": method.eval_features(state.target_variables, images)},
+    return {"features": {"": apply(state.variables, images),
+                         "ema_": apply(state.target_variables, images)},
             "label": batch["label"], "mask": batch["mask"]}
 
   return jax.jit(features, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -232,16 +240,19 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
 
 
-def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
-                      l2_penalty: float = 1e-4, max_steps: int = 500) -> dict[str, float]:
-  """Linear evaluation of the latest checkpoint in `workdir` (its run's `config`).
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A run's latest checkpoint, ready for evaluation (`restore_for_evaluation`)."""
+  method: Any
+  data: Any
+  mesh: jax.sharding.Mesh
+  state: Any  # TrainState: params / batch_stats (online) and the EMA target
+  state_shardings: Any
 
-  Encoder features (`method.eval_features`, online and EMA) of the labelled
-  train images (set `config.data.label_fraction=1.0` for the all-labels
-  protocol) and of the eval split, both with the deterministic eval view; a
-  linear probe per feature set. Writes `<workdir>/linear_eval.json`.
-  Returns {'linear_top1', 'linear_train_top1', 'ema_linear_top1', ...}.
-  """
+
+def restore_for_evaluation(config: ml_collections.ConfigDict, workdir: str) -> Restored:
+  """The method, input pipeline and online + EMA variables of the latest checkpoint in
+  `workdir` (its run's `config`), without the optimizer state."""
   from semissl import data as data_lib  # lazy: imports TensorFlow
   from semissl import methods
   from semissl.training import checkpointing, train_loop
@@ -273,7 +284,25 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
                      target_batch_stats=target["target_batch_stats"], method_state={},
                      rng=jax.device_put(jax.random.PRNGKey(0), replicated))
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  feature_fn = make_feature_fn(method, mesh=mesh, state_shardings=state_shardings)
+  return Restored(method=method, data=data, mesh=mesh, state=state,
+                  state_shardings=state_shardings)
+
+
+def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
+                      l2_penalty: float = 1e-4, max_steps: int = 500) -> dict[str, float]:
+  """Linear evaluation of the latest checkpoint in `workdir` (its run's `config`).
+
+  Encoder features (`method.eval_features`, online and EMA) of the labelled
+  train images (set `config.data.label_fraction=1.0` for the all-labels
+  protocol) and of the eval split, both with the deterministic eval view; a
+  linear probe per feature set. Writes `<workdir>/linear_eval.json`.
+  Returns {'linear_top1', 'linear_train_top1', 'ema_linear_top1', ...}.
+  """
+  restored = restore_for_evaluation(config, workdir)
+  method, data, mesh, state = (restored.method, restored.data, restored.mesh,
+                               restored.state)
+  info = method.info
+  feature_fn = make_feature_fn(method, mesh=mesh, state_shardings=restored.state_shardings)
   train_features, train_labels = extract_features(feature_fn, state, data.labelled_eval_iter(),
                                                   mesh)
   eval_features, eval_labels = extract_features(feature_fn, state, data.eval_iter(), mesh)
@@ -289,6 +318,36 @@ def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
                         {"metrics": results, "l2_penalty": l2_penalty,
                          "max_steps": max_steps})
   return results
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """[K, K] int64 counts: row = true class, column = predicted class."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
+  return matrix
+
+
+def classifier_confusion(config: ml_collections.ConfigDict, workdir: str, *,
+                         split: str = "validation") -> dict[str, np.ndarray]:
+  """Confusion matrices {'': online, 'ema_': EMA} of the latest checkpoint's classifier
+  (`method.eval_logits`) on `split`: 'validation' (the held-out train images, for
+  diagnosis and choices) or 'eval' (the test split)."""
+  restored = restore_for_evaluation(config, workdir)
+  data = restored.data
+  if split == "validation" and not data.info.num_validation:
+    raise ValueError("split='validation' needs a validation split: set "
+                     "config.data.validation_size > 0 (as the run did), or use split='eval'.")
+  batches = {"validation": getattr(data, "validation_iter", None),
+             "eval": data.eval_iter}.get(split)
+  if batches is None:
+    raise ValueError(f"split={split!r}; use 'validation' or 'eval'.")
+  logits_fn = make_feature_fn(restored.method, mesh=restored.mesh,
+                              state_shardings=restored.state_shardings, output="logits")
+  logits, labels = extract_features(logits_fn, restored.state, batches(), restored.mesh)
+  num_classes = restored.method.info.num_classes
+  return {prefix: confusion_matrix(labels, np.argmax(value, -1), num_classes)
+          for prefix, value in logits.items()}
 
 
 def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,

@@ -15,7 +15,7 @@ import pytest
 from configs import emateacher_fmnist, fixmatch_cifar, fixmatch_fmnist, semivit_vitb
 from semissl import losses, methods, models
 from semissl.methods import fixmatch
-from semissl.training import optimizers, sharding, train_and_evaluate
+from semissl.training import evaluation, optimizers, sharding, train_and_evaluate
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
 
@@ -381,6 +381,14 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
     assert 0.0 <= results[key] <= 1.0, key
   for key in ("train_loss", "train_loss_l", "train_loss_u"):
     assert np.isfinite(results[key]), key
+  # The restored checkpoint's confusion agrees with the loop's own evaluation.
+  matrices = evaluation.classifier_confusion(config, str(tmp_path), split="eval")
+  for prefix, matrix in matrices.items():
+    assert matrix.shape == (10, 10)
+    np.testing.assert_allclose(np.trace(matrix) / matrix.sum(),
+                               results[f"eval_{prefix}top1"], atol=1e-6)
+  with pytest.raises(ValueError, match="validation_size"):
+    evaluation.classifier_confusion(config, str(tmp_path))  # runlocal: no validation
 
 
 def test_semivit_stages_chained_by_init_from(tiny_fmnist, tmp_path):

@@ -216,3 +216,15 @@ def test_labelled_eval_iter_covers_labelled_set_once(tmp_path):
   # The eval view is deterministic: pixels / 255, normalised with the config's 0.5 / 0.25.
   got = np.concatenate([b["images"]["image"] for b in batches])[mask][..., 0]
   np.testing.assert_allclose(got, (images[inp.labelled_ids] / 255.0 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_confusion_matrix_counts_true_by_predicted():
+  labels = np.array([0, 0, 1, 2, 2, 2])
+  predictions = np.array([0, 1, 1, 2, 0, 2])
+  expected = np.zeros((3, 3), np.int64)
+  for true, predicted in zip(labels, predictions):
+    expected[true, predicted] += 1
+  np.testing.assert_array_equal(
+      evaluation.confusion_matrix(labels, predictions, 3),
+      [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+  np.testing.assert_array_equal(evaluation.confusion_matrix(labels, predictions, 3), expected)
