@@ -15,7 +15,7 @@ from semissl.methods import semppl
 from semissl.training import checkpointing, sharding
 from semissl.training.train_state import TrainState
 
-from configs import sempl_fmnist, sempl_r50
+from configs import common, sempl_fmnist, sempl_r50
 
 NUM_CLASSES = 3
 LABELLED, UNLABELLED = 8, 16
@@ -314,6 +314,19 @@ def test_fmnist_semppl_finetune_protocol_loads_the_pretraining_head():
   assert (config.mu, config.knn_monitor, config.num_epochs) == (0, None, 30.0)
   assert sempl_fmnist.get_config("labels=40,stage=finetune,init_from=/p,"
                                  "protocol=semppl").num_epochs == 60.0
+
+
+def test_fmnist_default_finetune_follows_the_label_regime():
+  # Chosen on validation (docs/results/sweeps/semppl_finetune_*): App. A.1 with few
+  # labels, the label-only recipe with 1%.
+  few = sempl_fmnist.get_config("labels=40,stage=finetune,init_from=/p")
+  assert (few.method.name, few.optimizer.base_lr) == ("simclr_finetune", 0.001)
+  assert few.optimizer.lr_multipliers == ((r"^classifier/", 40.0),)
+  pct = sempl_fmnist.get_config("labels=1pct,stage=finetune,init_from=/p")
+  assert pct.method.name == "supervised"
+  assert pct.optimizer.base_lr == common.SUPERVISED_BASE_LR
+  with pytest.raises(ValueError, match="use auto, supervised or semppl"):
+    sempl_fmnist.get_config("stage=finetune,init_from=/p,protocol=linear")
 
 
 def test_end_to_end_pretrain_then_finetune(tmp_path):
