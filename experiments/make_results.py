@@ -20,10 +20,7 @@ import json
 import os
 import platform
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -121,26 +118,10 @@ def run_entry(entry: Entry, labels: str, seed: int) -> dict | None:
     command = stage_command(entry, index, labels=labels, seed=seed, previous=previous,
                             workdir=workdir)
     if not os.path.exists(os.path.join(stored, "results.json")):
-      if _NO_TRAIN.value:
+      if _NO_TRAIN.value or not results_tables.train_and_store(
+          command, root=ROOT, workdir=workdir, stored=stored,
+          label=f"{entry.name} [{labels}, seed {seed}] stage {index}"):
         return None
-      if not os.path.exists(os.path.join(ROOT, workdir, "results.json")):
-        log_path = os.path.join(ROOT, workdir + ".log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        start = time.time()
-        with open(log_path, "w") as log:
-          proc = subprocess.run([sys.executable] + command, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        if proc.returncode:
-          print(f"  {entry.name} [{labels}, seed {seed}] stage {index} failed: {log_path}")
-          return None
-        print(f"  {entry.name} [{labels}, seed {seed}] stage {index}: "
-              f"{time.time() - start:.0f}s", flush=True)
-      os.makedirs(stored, exist_ok=True)
-      for name in ("results.json", "metrics.jsonl"):
-        shutil.copy(os.path.join(ROOT, workdir, name), os.path.join(stored, name))
-      with open(os.path.join(stored, "command.txt"), "w") as f:
-        f.write("python " + " ".join(shlex.quote(c) for c in command) + "\n")
     previous = workdir
   return results_tables.load_run(os.path.join(_STORE.value, labels, slug(entry.name),
                                               f"seed{seed}"))

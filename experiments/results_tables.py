@@ -1,4 +1,5 @@
-"""Tables and plots of docs/RESULTS.md from stored runs (see make_results.py).
+"""The committed run store and the tables and plots of docs/RESULTS.md built from it
+(see make_results.py and sweep.py, which fill the store through `train_and_store`).
 
 A stored run is `<store>/<labels>/<entry>/seed<k>/stage<i>/{results.json,
 metrics.jsonl,command.txt}`. The headline number of a run is the test top-1 of
@@ -9,9 +10,39 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import statistics
+import subprocess
+import sys
+import time
 
 ANALYSIS = "analysis.md"  # hand-written findings in the store, appended to the markdown
+
+
+def train_and_store(command: list[str], *, root: str, workdir: str, stored: str,
+                    label: str) -> bool:
+  """Runs `python <command>` in `root` (output in `<workdir>.log`) unless `workdir`
+  already has a results.json, then copies results.json, metrics.jsonl and the command
+  line into `stored`. Returns False (and says where the log is) if the run failed."""
+  if not os.path.exists(os.path.join(root, workdir, "results.json")):
+    log_path = os.path.join(root, workdir + ".log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+      proc = subprocess.run([sys.executable] + command, cwd=root, stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode:
+      print(f"  {label} failed: {log_path}", flush=True)
+      return False
+    print(f"  {label}: {time.time() - start:.0f}s", flush=True)
+  os.makedirs(stored, exist_ok=True)
+  for name in ("results.json", "metrics.jsonl"):
+    shutil.copy(os.path.join(root, workdir, name), os.path.join(stored, name))
+  with open(os.path.join(stored, "command.txt"), "w") as f:
+    f.write("python " + " ".join(shlex.quote(c) for c in command) + "\n")
+  return True
 
 
 def load_run(path: str) -> dict | None:

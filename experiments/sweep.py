@@ -14,13 +14,13 @@ rule the results tables use to pick a run's headline weights.
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import results_tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,26 +58,10 @@ def run_value(value: str) -> dict | None:
   rel = f"{_PARAM.value.removeprefix('config.')}={value}"
   stored = os.path.join(_STORE.value, _NAME.value, rel)
   if not os.path.exists(os.path.join(stored, "results.json")):
-    if _NO_TRAIN.value:
-      return None
     workdir = os.path.relpath(os.path.join(_ROOT.value, _NAME.value, rel), ROOT)
-    command = command_for(value, workdir)
-    if not os.path.exists(os.path.join(ROOT, workdir, "results.json")):
-      os.makedirs(os.path.join(ROOT, workdir), exist_ok=True)
-      start = time.time()
-      with open(os.path.join(ROOT, workdir + ".log"), "w") as log:
-        proc = subprocess.run([sys.executable] + command, cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-      if proc.returncode:
-        print(f"  {rel} failed: {workdir}.log", flush=True)
-        return None
-      print(f"  {rel}: {time.time() - start:.0f}s", flush=True)
-    os.makedirs(stored, exist_ok=True)
-    for name in ("results.json", "metrics.jsonl"):
-      shutil.copy(os.path.join(ROOT, workdir, name), os.path.join(stored, name))
-    with open(os.path.join(stored, "command.txt"), "w") as f:
-      f.write("python " + " ".join(shlex.quote(c) for c in command) + "\n")
+    if _NO_TRAIN.value or not results_tables.train_and_store(
+        command_for(value, workdir), root=ROOT, workdir=workdir, stored=stored, label=rel):
+      return None
   with open(os.path.join(stored, "results.json")) as f:
     return json.load(f)["metrics"]
 

@@ -38,3 +38,20 @@ def test_tabulates_stored_runs_and_marks_the_validation_best(tmp_path, capsys):
   assert "| 0.4 | 61.0 | 58.0 | **yes** |" in readme
   assert "| 0.8 | – | – | |" in readme  # not run (--no_train)
   assert readme in capsys.readouterr().out + "\n"
+
+
+def test_train_and_store_copies_a_finished_run_without_training(tmp_path):
+  from experiments import results_tables
+  run = tmp_path / "workdirs" / "run"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps({"metrics": {"val_top1": 0.5}}))
+  (run / "metrics.jsonl").write_text('{"step": 1}\n')
+  stored = tmp_path / "store" / "run"
+  assert results_tables.train_and_store(
+      ["experiments/main.py", "--config=c.py:labels=40"], root=str(tmp_path),
+      workdir="workdirs/run", stored=str(stored), label="run")
+  assert json.loads((stored / "results.json").read_text())["metrics"] == {"val_top1": 0.5}
+  assert (stored / "metrics.jsonl").read_text() == '{"step": 1}\n'
+  assert (stored / "command.txt").read_text() == (
+      "python experiments/main.py --config=c.py:labels=40\n")
+  assert not (tmp_path / "workdirs" / "run.log").exists()  # nothing was trained
