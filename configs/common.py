@@ -26,9 +26,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 # data keys that are often None: declared with their type (ml_collections placeholders)
 # so that a command-line override of a None value parses.
+# (mean / std stay untyped: they are a scalar or a per-channel tuple.)
 NONE_DEFAULT_TYPES = {"data_dir": str, "labelled_ids_file": str, "label_fraction": float,
-                      "labels_per_class": int, "num_channels": int, "mean": tuple,
-                      "std": tuple, "tf_threads": int, "prefetch": int}
+                      "labels_per_class": int, "num_channels": int, "tf_threads": int,
+                      "prefetch": int}
 
 
 def base_config() -> ml_collections.ConfigDict:

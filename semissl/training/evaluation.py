@@ -403,6 +403,8 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
   config.data.unlabelled_views = {}
   config.mu = 0
+  if "knn_monitor" in config:
+    config.knn_monitor = None  # the stage has a classifier: top-1 is its eval
   opt = config.optimizer
   opt.name = "sgd"
   opt.momentum = 0.9
@@ -416,6 +418,43 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   opt.step_decay_factor = 0.2
   opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
   opt.warmup_steps = 0
+  if "lr_batch_size" in opt:
+    opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
+  config.num_epochs = num_epochs
+  config.num_train_steps = 0
+  return config
+
+
+def linear_protocol(config: ml_collections.ConfigDict, *, base_lr: float,
+                    num_epochs: float, weight_decay: float = 0.0,
+                    schedule: str = "cosine") -> ml_collections.ConfigDict:
+  """Sets `config` (in place; returned) to the linear evaluation protocol (SemPPL
+  App. A.2 / A.3, after BYOL and SimCLR): a randomly initialised linear classifier
+  on the frozen encoder's output (`simclr_finetune` with `frozen_encoder`: eval-mode
+  batch norm, stop-gradient), cross-entropy on crop + flip views of the labelled
+  images, SGD with Nesterov momentum 0.9, `base_lr` x B/256, no warm-up. Only the
+  classifier's updates are kept (`optimizer.lr_multipliers` zero the rest, so weight
+  decay cannot touch the encoder). Point `config.init_from` at the pretraining run.
+  """
+  config.method = ml_collections.ConfigDict(dict(
+      name="simclr_finetune", head_layers=0, finetune_layer=0, frozen_encoder=True))
+  config.data.labelled_views = {"image": {"name": "crop_flip"}}
+  config.data.unlabelled_views = {}
+  config.mu = 0
+  config.knn_monitor = None
+  opt = config.optimizer
+  opt.name = "sgd"
+  opt.momentum = 0.9
+  opt.nesterov = True
+  opt.weight_decay = weight_decay
+  opt.base_lr = base_lr
+  opt.lr_scaling = "linear"
+  opt.lr_multipliers = ((r"^(?!classifier/)", 0.0),)
+  opt.schedule = schedule
+  opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
+  opt.warmup_steps = 0
+  if "lr_batch_size" in opt:
+    opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
   config.num_epochs = num_epochs
   config.num_train_steps = 0
   return config

@@ -261,12 +261,12 @@ def test_override_of_a_none_default_parses():
   from ml_collections import config_flags
   argv = ["main", "--config=configs/supervised_fmnist.py", "--config.data.labels_per_class=3",
           "--config.data.label_fraction=0.5", "--config.data.data_dir=/data",
-          "--config.data.mean=(0.5,)"]
+          "--config.data.num_channels=3"]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
                                   sys_argv=argv)
   values(argv)
   data = values.config.data
-  assert (data.labels_per_class, data.label_fraction, data.data_dir, data.mean) == (
-      3, 0.5, "/data", (0.5,))
-  assert data.num_channels is None and data.to_dict()["labelled_ids_file"] is None
+  assert (data.labels_per_class, data.label_fraction, data.data_dir, data.num_channels) == (
+      3, 0.5, "/data", 3)
+  assert data.to_dict()["labelled_ids_file"] is None
