@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -23,6 +24,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+# data keys that are often None: declared with their type (ml_collections placeholders)
+# so that a command-line override of a None value parses.
+# (mean / std stay untyped: they are a scalar or a per-channel tuple.)
+NONE_DEFAULT_TYPES = {"data_dir": str, "labelled_ids_file": str, "label_fraction": float,
+                      "labels_per_class": int, "num_channels": int, "tf_threads": int,
+                      "prefetch": int}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Keys every experiment has; method files fill in the rest."""
   config = ml_collections.ConfigDict()
@@ -30,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({"name": ""})
   config.model = ml_collections.ConfigDict({"name": ""})
   config.data = ml_collections.ConfigDict()
+  for key, kind in NONE_DEFAULT_TYPES.items():  # typed, so `--config.data.KEY=v` works
+    config.data[key] = config_dict.placeholder(kind)
   config.optimizer = ml_collections.ConfigDict({"name": "sgd", "base_lr": 0.1})
   config.ema = ml_collections.ConfigDict({"decay": 0.999, "schedule": "constant"})
   config.mesh = {"data": -1}

@@ -10,12 +10,19 @@
   # 3. the same fine-tune recipe from random init (the baseline to beat)
   python experiments/main.py --config=configs/sempl_fmnist.py:stage=scratch \
       --workdir=/tmp/sempl_scratch
+  # or: the linear evaluation protocol (App. A.2 / A.3) on the frozen encoder
+  python experiments/main.py \
+      --config=configs/sempl_fmnist.py:stage=linear,init_from=/tmp/sempl \
+      --workdir=/tmp/sempl_linear
 
 Variants (comma-separated key=value after ':'):
   labels=1pct (default) | 10pct | all | 40 | perclassN   (common.set_labels)
   dataset=fashion_mnist (default) | folder:/path | any TFDS name
   stage=pretrain (default) | finetune (needs init_from=<pretrain workdir>)
         | scratch (the fine-tune recipe from random init: the baseline)
+        | linear (needs init_from: a linear classifier on the frozen encoder,
+          evaluation.linear_protocol; linear_lr (default 0.4) x B/256, B = 64,
+          500 steps with 40 / perclassN labels, else 100 epochs)
   large=4 (large views, as the paper) ; small=0 (small views; paper: 2)
   protocol=auto (default: semppl with 40 / perclassN labels, supervised otherwise;
                  chosen on the validation split, docs/results/sweeps/semppl_finetune_*)
@@ -180,10 +187,26 @@ def _finetune(config, args):
   common.set_fmnist_sgd_training(config, base_lr=common.SUPERVISED_BASE_LR)
 
 
+def _linear(config, args):
+  """The linear evaluation protocol on the frozen pretrained encoder."""
+  if not args.init_from:
+    raise ValueError("stage=linear needs init_from=<the SemPPL pretraining workdir>.")
+  config.init_from = args.init_from
+  evaluation.linear_protocol(config, base_lr=args.linear_lr, num_epochs=100.0)
+  config.batch_size = 64
+  if args.labels.isdigit() or args.labels.startswith("perclass"):
+    config.num_epochs = 0.0
+    config.num_train_steps = 500  # 100 epochs of 40 images would be 62 steps
+  config.ema.decay = 0.99
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+
+
 def get_config(arg=None):
   args = common.parse_arg(arg, labels="1pct", runlocal=False, dataset="fashion_mnist",
                           stage="pretrain", init_from="", large=4, small=0,
-                          protocol="auto", encoder_lr=0.001, classifier_lr=0.04)
+                          protocol="auto", encoder_lr=0.001, classifier_lr=0.04,
+                          linear_lr=0.4)
   config = common.base_config()
   common.set_fmnist_data(config, dataset=args.dataset, labels=args.labels)
   model_config(config, runlocal=args.runlocal)
@@ -192,8 +215,10 @@ def get_config(arg=None):
     _pretrain(config, args)
   elif args.stage in ("finetune", "scratch"):
     _finetune(config, args)
+  elif args.stage == "linear":
+    _linear(config, args)
   else:
-    raise ValueError(f"stage={args.stage!r}; use pretrain, finetune or scratch.")
+    raise ValueError(f"stage={args.stage!r}; use pretrain, finetune, scratch or linear.")
   if args.runlocal:
     common.make_runlocal(config)
     config.eval_every_steps = 0  # one evaluation at the end (10k test images)

@@ -1,8 +1,22 @@
-"""SemPPL pretraining on ImageNet-1k with 1% / 10% labels (the flagship config).
+"""SemPPL on ImageNet-1k with 1% / 10% labels (the flagship config): pretraining,
+then the paper's fine-tuning (its headline number) or linear evaluation.
 
+  # 1. pretraining (300 epochs; eval: the k-NN monitor on encoder features)
   python experiments/main.py --config=configs/sempl_r50.py:labels=1pct \
       --workdir=gs://bucket/sempl_r50_1pct
+  # 2. App. A.1 fine-tuning on the same 1% subset (Table 1's top-1)
+  python experiments/main.py \
+      --config=configs/sempl_r50.py:labels=1pct,stage=finetune,init_from=gs://bucket/sempl_r50_1pct \
+      --workdir=gs://bucket/sempl_r50_1pct_finetune
+  # 2'. or the linear evaluation protocol (App. A.2 / A.3) on all labelled images
+  python experiments/main.py \
+      --config=configs/sempl_r50.py:stage=linear,init_from=gs://bucket/sempl_r50_1pct \
+      --workdir=gs://bucket/sempl_r50_1pct_linear
 Variants (comma-separated key=value after ':'):
+  stage=pretrain (default) | finetune | linear   (finetune / linear need init_from=<the
+        pretraining workdir>; they use the pretraining's model variants)
+  encoder_lr=0.0025, classifier_lr=0.2 (finetune base rates x B/256; App. A.1 sweeps
+        {0.001..0.005} and {0.025..0.5}); linear_lr=0.05 (x B/256: 0.2 at B = 1024)
   labels=1pct (default) | 10pct
   model=r50 (default) | r50x2 | r50x4 | r200x2 ; sk=True (selective kernels)
   label_dir=<dir holding SimCLR's 1percent.txt / 10percent.txt>
@@ -35,15 +49,26 @@ Choices the paper leaves open, made here:
 * The saliency-masking augmentation (App. E, p = 0.1 on large views) needs
   saliency masks that are not part of ImageNet; it is not implemented.
 * Encoder: `models.ResNet` (v1, post-activation; §2.1 says "v1; pre-activation").
-* This is the pretraining stage only (no classifier; the k-NN monitor on encoder
-  features is its eval metric). App. A.1's fine-tuning (classifier on the
-  projector's first layer, SGD-Nesterov, 30 epochs) is a separate stage, not
-  configured here; configs/sempl_fmnist.py:stage=finetune shows the mechanism
-  (`init_from` copies the `backbone/...` variables) on the encoder output.
+* Pretraining has no classifier; the k-NN monitor on encoder features is its eval
+  metric.
+* stage=finetune (App. A.1, `evaluation.semppl_finetune_protocol`): the classifier
+  on the projector's first layer (after its ReLU), encoder and that layer loaded
+  from the pretraining by `init_from`; cross-entropy on crop + flip views of the
+  labelled subset only; SGD-Nesterov 0.9, no weight decay, 30 epochs, x0.2 at 18
+  and 24. The paper sweeps the batch and both rates without saying which won:
+  B = 1024 (the middle of {512, 1024, 2048}), encoder 0.0025 and classifier 0.2
+  (x B/256) here, middle values of its ranges.
+* stage=linear (App. A.2 / A.3, `evaluation.linear_protocol`): a linear
+  classifier on the frozen encoder output, trained on all labelled train images
+  (A.2: "the full labelled ImageNet training set"); SGD-Nesterov 0.9, B = 1024,
+  no weight decay, cosine, 80 epochs (A.3's sweep: {20, 30, 60, 80, 100} epochs,
+  lr {0.001 .. 2}); base rate 0.05 x B/256 = 0.2.
 """
 from configs import common
 from semissl.data import augment_simclr
+from semissl.training import evaluation
 
+STAGES = ("pretrain", "finetune", "linear")
 IMAGENET_TRAIN_SIZE = 1_281_167
 BATCH_SIZE = 4096
 EPOCHS = 300
@@ -65,7 +90,12 @@ def semppl_views() -> dict:
 def get_config(arg=None):
   args = common.parse_arg(arg, labels="1pct", model="r50", sk=False,
                           label_dir="imagenet_subsets", ema="constant", runlocal=False,
-                          dataset="imagenet2012")
+                          dataset="imagenet2012", stage="pretrain", init_from="",
+                          encoder_lr=0.0025, classifier_lr=0.2, linear_lr=0.05)
+  if args.stage not in STAGES:
+    raise ValueError(f"stage={args.stage!r}; use one of {', '.join(STAGES)}.")
+  if args.stage != "pretrain" and not args.init_from:
+    raise ValueError(f"stage={args.stage} needs init_from=<the pretraining workdir>.")
   if args.labels not in LABELLED_PER_BATCH:
     raise ValueError(f"labels={args.labels!r}; use 1pct or 10pct.")
   if args.model not in MODELS:
@@ -164,4 +194,30 @@ def get_config(arg=None):
     m.projector_hidden_dim = 64
     m.projection_dim = 32
     m.predictor_hidden_dim = 64
+  if args.stage != "pretrain":
+    _evaluation_stage(config, args)
   return config
+
+
+def _evaluation_stage(config, args):
+  """stage=finetune / linear on top of the pretraining config (same model, data)."""
+  config.init_from = args.init_from
+  data = config.data
+  data.labelled_in_unlabelled = True
+  if args.stage == "finetune":
+    evaluation.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
+                                        classifier_base_lr=args.classifier_lr)
+  else:
+    evaluation.linear_protocol(config, base_lr=args.linear_lr, num_epochs=80.0)
+    data.labelled_ids_file = None  # every labelled train image (App. A.2)
+    data.label_fraction = 1.0
+  config.batch_size = 1024
+  config.ema.decay = 0.999
+  config.ema.schedule = "constant"
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  if args.runlocal:
+    common.make_runlocal(config)
+    config.batch_size = 16
+    config.eval_every_steps = 0

@@ -19,6 +19,9 @@ from experiments import results_tables  # noqa: E402
 
 
 def read_metrics(workdir: str) -> dict:
+  if not results_tables.finished(workdir):
+    raise SystemExit(f"{workdir} has no finished run (no results.json, or an interrupted "
+                     "run's); rerun its training command to finish it.")
   with open(os.path.join(workdir, "results.json")) as f:
     return json.load(f)["metrics"]
 

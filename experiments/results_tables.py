@@ -20,12 +20,22 @@ import time
 ANALYSIS = "analysis.md"  # hand-written findings in the store, appended to the markdown
 
 
+def finished(workdir: str) -> bool:
+  """True when `workdir` holds the results.json of a run that ran to its end (an
+  interrupted run writes one with status 'interrupted'; rerunning resumes it)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get("status", "complete") == "complete"
+
+
 def train_and_store(command: list[str], *, root: str, workdir: str, stored: str,
                     label: str) -> bool:
   """Runs `python <command>` in `root` (output in `<workdir>.log`) unless `workdir`
-  already has a results.json, then copies results.json, metrics.jsonl and the command
+  already has a finished run (`finished`), then copies results.json, metrics.jsonl and the command
   line into `stored`. Returns False (and says where the log is) if the run failed."""
-  if not os.path.exists(os.path.join(root, workdir, "results.json")):
+  if not finished(os.path.join(root, workdir)):
     log_path = os.path.join(root, workdir + ".log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()

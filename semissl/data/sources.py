@@ -171,7 +171,7 @@ def load_folder(*, argument: str | None, data_dir: str | None, train_split: str,
   if not class_names:
     raise ValueError(f"{train_dir} has no class directories; lay images out as "
                      f"{train_dir}/<class>/<image>.png.")
-  splits = {"train": _read_folder_split(train_dir, class_names)}
+  splits = {"train": _read_folder_split(train_dir, class_names, every_class=True)}
   splits["eval"] = _read_folder_split(_split_dir(root, eval_split, role="eval"),
                                       class_names)
   channels = max(_check_decodable(splits["train"], train_dir),
@@ -190,8 +190,10 @@ def _split_dir(root: str, split: str, *, role: str) -> str:
   return path
 
 
-def _read_folder_split(split_dir: str, class_names: tuple[str, ...]) -> SplitExamples:
-  """Reads the bytes of every image of one split directory."""
+def _read_folder_split(split_dir: str, class_names: tuple[str, ...], *,
+                       every_class: bool = False) -> SplitExamples:
+  """Reads the bytes of every image of one split directory; `every_class`: each
+  class directory must hold an image (the train split defines the classes)."""
   unknown = sorted(set(
       d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
   ) - set(class_names))
@@ -209,6 +211,11 @@ def _read_folder_split(split_dir: str, class_names: tuple[str, ...]) -> SplitExa
   names.sort()
   if not names:
     raise ValueError(f"{split_dir} holds no .png/.jpg/.jpeg images.")
+  if every_class:
+    empty = sorted(set(class_names) - {n.split("/", 1)[0] for n in names})
+    if empty:
+      raise ValueError(f"{split_dir} has class directories without images {empty}: each "
+                       "would be a class with no example; add images or remove them.")
   label_of = {name: i for i, name in enumerate(class_names)}
   labels = np.array([label_of[n.split("/", 1)[0]] for n in names], np.int64)
   encoded = np.empty(len(names), dtype=object)

@@ -209,7 +209,16 @@ def read_labelled_ids(path: str, *, num_examples: int,
 
 def write_labelled_ids(path: str, ids: np.ndarray) -> None:
   """Writes one integer id per line (readable by `read_labelled_ids`); also used for
-  `VALIDATION_IDS_FILENAME`."""
+  `VALIDATION_IDS_FILENAME`. Written once: an existing file with the same ids is kept,
+  one with other ids is never overwritten (ValueError: the workdir is another run's)."""
   file_path = epath.Path(path)
+  text = "".join(f"{int(i)}\n" for i in ids)
+  if file_path.exists():
+    existing = file_path.read_text()
+    if existing != text:
+      raise ValueError(
+          f"{path} holds the {len(existing.splitlines())} ids of an earlier run, this run "
+          f"has {len(ids)} others; use a new workdir (or the earlier run's split).")
+    return
   file_path.parent.mkdir(parents=True, exist_ok=True)
-  file_path.write_text("".join(f"{int(i)}\n" for i in ids))
+  file_path.write_text(text)

@@ -224,7 +224,12 @@ class SimCLR(base.Method):
 
 @base.register
 class SimCLRFinetune(base.Method):
-  """SimCLRv2 stage 2: cross-entropy with the classifier on projection-head layer k."""
+  """SimCLRv2 stage 2: cross-entropy with the classifier on projection-head layer k.
+
+  With `method.frozen_encoder` it is the linear evaluation protocol (SemPPL App.
+  A.2 / A.3, BYOL, SimCLR): the encoder and head run in eval mode (batch-norm
+  statistics fixed) behind a stop-gradient, so only the classifier learns.
+  """
 
   name = "simclr_finetune"
 
@@ -232,6 +237,7 @@ class SimCLRFinetune(base.Method):
     super().__init__(config, info)
     self.network = build_network(model_config=config.model, num_classes=info.num_classes,
                                  **head_settings(config.method))
+    self.frozen_encoder = bool(config.method.get("frozen_encoder", False))
 
   def validate(self):
     if "image" not in self.labelled_views:
@@ -244,13 +250,22 @@ class SimCLRFinetune(base.Method):
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled = batch["labelled"]
-    outputs, updates = self.network.apply(
-        {"params": params, "batch_stats": state.batch_stats}, labelled["images"]["image"],
-        train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+    images = labelled["images"]["image"]
+    if self.frozen_encoder:
+      params = {name: value if name == "classifier" else jax.lax.stop_gradient(value)
+                for name, value in params.items()}
+      outputs = self.network.apply({"params": params, "batch_stats": state.batch_stats},
+                                   images, train=False)
+      batch_stats = state.batch_stats
+    else:
+      outputs, updates = self.network.apply(
+          {"params": params, "batch_stats": state.batch_stats}, images,
+          train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+      batch_stats = updates["batch_stats"]
     logits = outputs["logits"]
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labelled["label"]))
     metrics = supervised.classification_metrics(logits, labelled["label"])
-    return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
+    return loss, base.StepAux(batch_stats, state.method_state, metrics)
 
   def eval_logits(self, variables, images):
     return self.network.apply(variables, images, train=False)["logits"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -289,33 +289,53 @@ def restore_for_evaluation(config: ml_collections.ConfigDict, workdir: str) -> R
 
 
 def linear_evaluation(config: ml_collections.ConfigDict, workdir: str, *,
-                      l2_penalty: float = 1e-4, max_steps: int = 500) -> dict[str, float]:
+                      l2_penalty: float | Sequence[float] = 1e-4,
+                      max_steps: int = 500) -> dict[str, float]:
   """Linear evaluation of the latest checkpoint in `workdir` (its run's `config`).
 
   Encoder features (`method.eval_features`, online and EMA) of the labelled
   train images (set `config.data.label_fraction=1.0` for the all-labels
   protocol) and of the eval split, both with the deterministic eval view; a
-  linear probe per feature set. Writes `<workdir>/linear_eval.json`.
-  Returns {'linear_top1', 'linear_train_top1', 'ema_linear_top1', ...}.
+  linear probe per feature set. With several `l2_penalty` values the run's
+  validation split (`data.validation_size`) chooses one per feature set (the
+  eval split is never used to choose). Writes `<workdir>/linear_eval.json`.
+  Returns {'linear_top1', 'linear_train_top1', 'linear_l2_penalty',
+  'val_linear_top1' (with a validation split), and the same with 'ema_'}.
   """
+  penalties = [float(p) for p in np.atleast_1d(l2_penalty)]
   restored = restore_for_evaluation(config, workdir)
   method, data, mesh, state = (restored.method, restored.data, restored.mesh,
                                restored.state)
   info = method.info
+  has_validation = bool(data.info.num_validation)
+  if len(penalties) > 1 and not has_validation:
+    raise ValueError("Choosing among several l2 penalties needs a validation split: set "
+                     "config.data.validation_size > 0 (as the run did), or give one value.")
   feature_fn = make_feature_fn(method, mesh=mesh, state_shardings=restored.state_shardings)
   train_features, train_labels = extract_features(feature_fn, state, data.labelled_eval_iter(),
                                                   mesh)
   eval_features, eval_labels = extract_features(feature_fn, state, data.eval_iter(), mesh)
+  if has_validation:
+    val_features, val_labels = extract_features(feature_fn, state, data.validation_iter(),
+                                                mesh)
   results: dict[str, float] = {"linear_num_train": float(len(train_labels))}
   for prefix, features in train_features.items():
-    probe = fit_linear_probe(features=features, labels=train_labels,
-                             num_classes=info.num_classes, l2_penalty=l2_penalty,
-                             max_steps=max_steps)
+    fitted = []
+    for penalty in penalties:
+      probe = fit_linear_probe(features=features, labels=train_labels,
+                               num_classes=info.num_classes, l2_penalty=penalty,
+                               max_steps=max_steps)
+      val = top1(probe.logits(val_features[prefix]), val_labels) if has_validation else 0.0
+      fitted.append((val, penalty, probe))
+    val, penalty, probe = max(fitted, key=lambda f: f[0])  # first best on ties
     results[prefix + "linear_top1"] = top1(probe.logits(eval_features[prefix]), eval_labels)
     results[prefix + "linear_train_top1"] = top1(probe.logits(features), train_labels)
+    results[prefix + "linear_l2_penalty"] = penalty
+    if has_validation:
+      results["val_" + prefix + "linear_top1"] = val
   if jax.process_index() == 0:
     workdirs.write_json(workdirs.resolve(workdir) / "linear_eval.json",
-                        {"metrics": results, "l2_penalty": l2_penalty,
+                        {"metrics": results, "l2_penalty": penalties,
                          "max_steps": max_steps})
   return results
 
@@ -383,6 +403,8 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
   config.data.unlabelled_views = {}
   config.mu = 0
+  if "knn_monitor" in config:
+    config.knn_monitor = None  # the stage has a classifier: top-1 is its eval
   opt = config.optimizer
   opt.name = "sgd"
   opt.momentum = 0.9
@@ -396,6 +418,43 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   opt.step_decay_factor = 0.2
   opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
   opt.warmup_steps = 0
+  if "lr_batch_size" in opt:
+    opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
+  config.num_epochs = num_epochs
+  config.num_train_steps = 0
+  return config
+
+
+def linear_protocol(config: ml_collections.ConfigDict, *, base_lr: float,
+                    num_epochs: float, weight_decay: float = 0.0,
+                    schedule: str = "cosine") -> ml_collections.ConfigDict:
+  """Sets `config` (in place; returned) to the linear evaluation protocol (SemPPL
+  App. A.2 / A.3, after BYOL and SimCLR): a randomly initialised linear classifier
+  on the frozen encoder's output (`simclr_finetune` with `frozen_encoder`: eval-mode
+  batch norm, stop-gradient), cross-entropy on crop + flip views of the labelled
+  images, SGD with Nesterov momentum 0.9, `base_lr` x B/256, no warm-up. Only the
+  classifier's updates are kept (`optimizer.lr_multipliers` zero the rest, so weight
+  decay cannot touch the encoder). Point `config.init_from` at the pretraining run.
+  """
+  config.method = ml_collections.ConfigDict(dict(
+      name="simclr_finetune", head_layers=0, finetune_layer=0, frozen_encoder=True))
+  config.data.labelled_views = {"image": {"name": "crop_flip"}}
+  config.data.unlabelled_views = {}
+  config.mu = 0
+  config.knn_monitor = None
+  opt = config.optimizer
+  opt.name = "sgd"
+  opt.momentum = 0.9
+  opt.nesterov = True
+  opt.weight_decay = weight_decay
+  opt.base_lr = base_lr
+  opt.lr_scaling = "linear"
+  opt.lr_multipliers = ((r"^(?!classifier/)", 0.0),)
+  opt.schedule = schedule
+  opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
+  opt.warmup_steps = 0
+  if "lr_batch_size" in opt:
+    opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
   config.num_epochs = num_epochs
   config.num_train_steps = 0
   return config

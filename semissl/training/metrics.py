@@ -125,7 +125,11 @@ class MetricLogger:
   """Averages train metrics over `log_every` steps, writes them (TensorBoard +
   metrics.jsonl) and prints the progress line."""
 
-  def __init__(self, workdir: str, *, total_steps: int, log_every: int):
+  def __init__(self, workdir: str, *, total_steps: int, log_every: int, start_step: int = 0):
+    """`start_step`: the step a resumed run continues from. Records of later steps
+    (logged before a crash, after the last checkpoint) are dropped from
+    metrics.jsonl, so they are not written twice, and the last train record up to
+    `start_step` is kept for `last_train_metrics`."""
     from clu import metric_writers  # lazy: imports TensorFlow
 
     self._main = jax.process_index() == 0
@@ -134,10 +138,13 @@ class MetricLogger:
     self.writer = metric_writers.AsyncMultiWriter(summaries)
     self.log_every = max(int(log_every), 1)
     self.total_steps = total_steps
-    self._jsonl = (workdirs.JsonLinesWriter(workdirs.resolve(workdir) / "metrics.jsonl")
-                   if self._main else None)
     self._pending: list[dict[str, Any]] = []
     self._last: dict[str, float] = {}
+    path = workdirs.resolve(workdir) / "metrics.jsonl"
+    if self._main and path.exists():
+      self._last = workdirs.truncate_json_lines(path, max_step=start_step,
+                                                last_with_prefix="train_")
+    self._jsonl = workdirs.JsonLinesWriter(path) if self._main else None
 
   def record_train(self, step: int, metrics: dict[str, Any],
                    timer: StepTimer | None = None) -> None:

@@ -3,10 +3,18 @@
 Resume order: the latest checkpoint in `workdir` -> `config.init_from`
 (another stage's workdir: matching variables only) -> scratch. The step in the
 restored state is also the position of the data stream, and the step's rng is
-`fold_in(state.rng, step)`, so a resumed run continues exactly.
+`fold_in(state.rng, step)`, so a resumed run continues exactly. The workdir
+remembers its config (`config.json`): a resume with another experiment's config is
+refused before anything is written (`workdirs.check_and_record_config`).
+
+A run stops, without writing a non-finite checkpoint, at the first step whose loss,
+gradient norm or parameter norm is not finite; SIGTERM / SIGINT (or a jax.distributed
+preemption notice) save and raise `safety.Interrupted`; a failed checkpoint write
+stops the run at the next step (`safety.SaveError`). See training/safety.py.
 """
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -17,7 +25,8 @@ import numpy as np
 from absl import logging
 
 from semissl import methods
-from semissl.training import checkpointing, evaluation, optimizers, sharding, workdirs
+from semissl.training import (checkpointing, evaluation, optimizers, safety, sharding,
+                               workdirs)
 from semissl.training.metrics import MetricLogger, StepTimer
 from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
@@ -95,13 +104,37 @@ def evaluate(eval_step, state, data, mesh) -> dict[str, float]:
   return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.method` and returns the final metrics (also in results.json)."""
+def _check_workdir(workdir: str) -> None:
+  path = workdirs.resolve(workdir)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"workdir {workdir} is a file; point --workdir at a directory.")
+
+
+def _write_results(workdir: str, config, metrics: dict, *, status: str, **extra) -> None:
+  if jax.process_index() == 0:
+    workdirs.write_json(workdirs.resolve(workdir) / "results.json",
+                        {"status": status, "metrics": metrics, **extra,
+                         "config": config.to_dict()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Trains `config.method` and returns the final metrics (also in results.json).
+
+  `allow_config_change`: config keys (or key prefixes) a resume may change
+  although they make the continuation another experiment (e.g. `num_train_steps`).
+  Raises `safety.NonFiniteError`, `safety.Interrupted` (saved; rerun to resume),
+  `safety.SaveError`, or ValueError (bad input, before anything is written).
+  """
   from semissl import data as data_lib  # the only TensorFlow user, imported here
 
   mesh = sharding.make_mesh(config.get("mesh", None))
   validate_config(config, mesh)
-  workdirs.resolve(workdir).mkdir(parents=True, exist_ok=True)
+  _check_workdir(workdir)
+  accepted = workdirs.check_and_record_config(workdir, config, allowed=allow_config_change,
+                                              write=jax.process_index() == 0)
+  if accepted:
+    logging.warning("Resuming with changed config: %s", "; ".join(accepted))
   manager = checkpointing.make_manager(
       workdir, max_to_keep=config.get("keep_checkpoints", 3),
       save_interval_steps=config.get("checkpoint_every_steps", 1000))
@@ -150,14 +183,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                mesh=mesh, state_shardings=state_shardings)
   eval_step = make_evaluator(method, config=config, mesh=mesh, state_shardings=state_shardings)
   logger = MetricLogger(workdir, total_steps=total_steps,
-                        log_every=config.get("log_every_steps", 50))
+                        log_every=config.get("log_every_steps", 50),
+                        start_step=int(jax.device_get(state.step)))
 
+  with safety.StopSignals() as signals:
+    try:
+      outcome = _train(state, first_batch, train_step=train_step, train_iter=train_iter,
+                       eval_step=eval_step, data=data, mesh=mesh, manager=manager,
+                       logger=logger, signals=signals, config=config, workdir=workdir,
+                       total_steps=total_steps)
+    except safety.Interrupted as interrupted:
+      _write_results(workdir, config, dict(logger.last_train_metrics(), step=interrupted.step),
+                     status="interrupted", signal=safety.signal_name(interrupted.signum))
+      raise
+    finally:
+      _close(manager, workdir)
+      logger.close()
+  step, eval_metrics, train_seconds = outcome
+  results = dict(eval_metrics, step=step, train_seconds=train_seconds,
+                 num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
+                 num_validation=data.info.num_validation, **logger.last_train_metrics())
+  _write_results(workdir, config, results, status="complete")
+  return results
+
+
+def _close(manager, workdir: str) -> None:
+  """Finishes the async save in flight (a failure there is reported, never hidden)."""
+  try:
+    manager.wait_until_finished()
+    manager.check_for_errors()
+  except Exception as error:  # noqa: BLE001  (re-raised as one line)
+    raise safety.SaveError(_save_error_line(workdir, error)) from error
+  finally:
+    manager.close()
+
+
+def _save_error_line(workdir: str, error: BaseException) -> str:
+  cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+  return (f"checkpoint write to {workdirs.resolve(workdir) / 'checkpoints'} failed "
+          f"({type(error).__name__}: {cause}); free space or fix permissions, then rerun "
+          "the same command to resume from the last good checkpoint.")
+
+
+def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manager, logger,
+           signals, config, workdir, total_steps):
+  """The loop proper; returns (final step, final eval metrics, train seconds)."""
   step = int(jax.device_get(state.step))
   first_step = step
-  batch = first_batch
-  eval_metrics: dict[str, float] = {}
   start_time = time.time()
   timer = StepTimer()  # train_step_ms / train_data_wait_ms: see StepTimer
+  guard = safety.FiniteGuard(workdir)
+  eval_every = config.get("eval_every_steps", 0)
+
+  metrics = None  # the last step's (device) metrics
+
+  def save(force: bool = False) -> None:
+    try:
+      manager.check_for_errors()  # a failed async save stops the run at the next step
+      if force or manager.should_save(step):
+        if metrics is not None:
+          guard.check_now(step, metrics)  # never a checkpoint of non-finite state
+        checkpointing.save(manager, state, force=force)
+    except safety.NonFiniteError:
+      raise
+    except Exception as error:  # noqa: BLE001  (re-raised as one line)
+      raise safety.SaveError(_save_error_line(workdir, error)) from error
+
   while step < total_steps:
     state, metrics = train_step(state, batch)  # dispatched; runs asynchronously
     if step == first_step:
@@ -168,29 +259,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step < total_steps:
       with timer.waiting():
         batch = sharding.global_batch(next(train_iter), mesh)
+    guard.push(step, metrics)  # checks the step before this one
     logger.record_train(step, metrics, timer)
-    eval_every = config.get("eval_every_steps", 0)
     if eval_every and step % eval_every == 0 and step < total_steps:
+      guard.check_now(step, metrics)  # no evaluation of a diverged state
       with timer.paused():
         eval_metrics = evaluate(eval_step, state, data, mesh)
         logger.write(step, eval_metrics)
-    checkpointing.save(manager, state)
-    if manager.reached_preemption(step):
-      checkpointing.save(manager, state, force=True)
+    save()
+    preempted = manager.reached_preemption(step)
+    if signals.received is not None or preempted:
+      save(force=True)
       manager.wait_until_finished()
-      logging.warning("Preempted at step %d; checkpoint saved, exiting.", step)
-      return {"preempted_at_step": step}
+      signum = signals.received if signals.received is not None else signal.SIGTERM
+      cause = safety.signal_name(signum) if not preempted else "a preemption notice"
+      raise safety.Interrupted(
+          f"stopped by {cause} at step {step} of {total_steps}; checkpoint saved in "
+          f"{workdir}; rerun the same command to resume.", step=step, signum=signum)
 
+  if metrics is not None:
+    guard.check_now(step, metrics)
   eval_metrics = evaluate(eval_step, state, data, mesh)
   logger.write(step, eval_metrics)
-  checkpointing.save(manager, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
-  results = dict(eval_metrics, step=step, train_seconds=time.time() - start_time,
-                 num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
-                 num_validation=data.info.num_validation, **logger.last_train_metrics())
-  if jax.process_index() == 0:
-    workdirs.write_json(workdirs.resolve(workdir) / "results.json",
-                        {"metrics": results, "config": config.to_dict()})
-  logger.close()
-  return results
+  save(force=True)
+  return step, eval_metrics, time.time() - start_time

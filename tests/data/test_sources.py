@@ -78,6 +78,16 @@ def test_folder_missing_root_and_split(tmp_path, image_folder):
                         eval_split="validation")
 
 
+def test_folder_empty_class_directory_is_an_error(tmp_path, image_folder):
+  import shutil
+  root, _ = image_folder
+  copy = tmp_path / "copy"
+  shutil.copytree(root, copy)
+  os.makedirs(copy / "train" / "zz_empty")
+  with pytest.raises(ValueError, match=r"class directories without images \['zz_empty'\]"):
+    _load_folder(str(copy))
+
+
 def test_tfds_source_via_mock_data():
   cfg = {"dataset": "cifar10", "image_size": 32, "label_fraction": 0.5,
          "unlabelled_views": {"weak": {"name": "crop_flip"}}}

@@ -122,11 +122,19 @@ def test_ids_file_written_by_process_zero_and_reused(tiny_fashion_dir, tmp_path)
   first = _build(directory, workdir=str(workdir))
   path = workdir / splits.VALIDATION_IDS_FILENAME
   np.testing.assert_array_equal(np.loadtxt(path, dtype=np.int64), first.validation_ids)
-  # A later run in the workdir keeps the written split, even if the draw would differ
-  # (here: another split seed, and a hand-edited file).
+  # labelled_ids.txt is written once: another draw in the same workdir is refused.
+  labelled_path = workdir / splits.LABELLED_IDS_FILENAME
+  written = labelled_path.read_text()
+  with pytest.raises(ValueError, match="ids of an earlier run"):
+    _build(directory, workdir=str(workdir), overrides={"split_seed": 7})
+  assert labelled_path.read_text() == written
+  # A later run in the workdir keeps the written validation split, even if the draw
+  # would differ (here: another split seed, and a hand-edited file; the labelled file
+  # is removed so that the labelled subset may be drawn again around it).
   edited = np.sort(np.setdiff1d(np.arange(len(arrays["train"]["label"])),
                                 first.validation_ids)[:23])
   path.write_text("".join(f"{i}\n" for i in edited))
+  labelled_path.unlink()
   resumed = _build(directory, workdir=str(workdir), overrides={"split_seed": 7})
   np.testing.assert_array_equal(resumed.validation_ids, edited)
   assert not np.isin(resumed.labelled_ids, edited).any()

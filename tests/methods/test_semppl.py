@@ -283,6 +283,37 @@ def test_r50_config_has_the_paper_values():
   assert sempl_r50.get_config("ema=byol_cosine").ema.schedule == "byol_cosine"
 
 
+def test_r50_finetune_and_linear_stages():
+  pretrain = sempl_r50.get_config("model=r50x2")
+  finetune = sempl_r50.get_config("model=r50x2,stage=finetune,init_from=/p")
+  assert finetune.init_from == "/p" and finetune.model.to_dict() == pretrain.model.to_dict()
+  m = finetune.method  # App. A.1: classifier on the projector's first layer
+  assert (m.name, m.head_type, m.head_layers, m.finetune_layer, m.head_hidden_dim) == (
+      "simclr_finetune", "semppl", 1, 1, 4096)
+  opt = finetune.optimizer
+  assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay) == ("sgd", 0.9, True, 0.0)
+  assert (opt.base_lr, opt.lr_multipliers, opt.lr_batch_size) == (
+      0.0025, ((r"^classifier/", 80.0),), 0)
+  assert (opt.schedule, tuple(opt.step_decay_fractions), opt.step_decay_factor) == (
+      "step", (18 / 30, 24 / 30), 0.2)
+  assert (finetune.num_epochs, finetune.batch_size, finetune.mu) == (30.0, 1024, 0)
+  assert finetune.data.labelled_ids_file.endswith("1percent.txt")
+  assert not finetune.data.unlabelled_views and finetune.knn_monitor is None
+
+  linear = sempl_r50.get_config("stage=linear,init_from=/p")
+  m = linear.method  # App. A.2: frozen encoder, classifier on its output, all labels
+  assert (m.frozen_encoder, m.head_layers, m.finetune_layer) == (True, 0, 0)
+  assert linear.data.labelled_ids_file is None and linear.data.label_fraction == 1.0
+  opt = linear.optimizer
+  assert (opt.name, opt.nesterov, opt.weight_decay, opt.base_lr, opt.schedule) == (
+      "sgd", True, 0.0, 0.05, "cosine")
+  assert opt.lr_multipliers == ((r"^(?!classifier/)", 0.0),) and linear.num_epochs == 80.0
+  with pytest.raises(ValueError, match="needs init_from"):
+    sempl_r50.get_config("stage=linear")
+  with pytest.raises(ValueError, match="use one of pretrain, finetune, linear"):
+    sempl_r50.get_config("stage=distill,init_from=/p")
+
+
 def test_configs_validate():
   for config in (sempl_r50.get_config(), sempl_fmnist.get_config(),
                  sempl_r50.get_config("runlocal,dataset=fashion_mnist")):
@@ -350,3 +381,20 @@ def test_end_to_end_pretrain_then_finetune(tmp_path):
     differs = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
                            loaded[collection]["backbone"], init[collection]["backbone"])
     assert all(jax.tree.leaves(differs)) or collection == "batch_stats"
+
+  # The linear protocol on the same pretraining: the encoder stays exactly as loaded.
+  linear_dir = str(tmp_path / "linear")
+  config = sempl_fmnist.get_config(f"runlocal,stage=linear,init_from={pretrain_dir}")
+  assert np.isfinite(train_and_evaluate(config, linear_dir)["eval_top1"])
+  linear = methods.get_method("simclr_finetune")(config, methods.DatasetInfo(
+      num_classes=10, image_shape=(28, 28, 1), num_labelled=600, num_unlabelled=0))
+  init = dict(linear.network.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
+                                  train=False))
+  before = checkpointing.load_variables_from(pretrain_dir, init)
+  after = checkpointing.load_variables_from(linear_dir, init)
+  for collection in ("params", "batch_stats"):
+    for a, b in zip(jax.tree.leaves(after[collection]["backbone"]),
+                    jax.tree.leaves(before[collection]["backbone"])):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(after["params"]["classifier"]["dense"]["kernel"],
+                            init["params"]["classifier"]["dense"]["kernel"])

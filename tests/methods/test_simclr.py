@@ -184,6 +184,35 @@ def test_finetune_classifier_on_head_layer_k(k):
   assert float(optax.tree.norm(grads["backbone"])) > 0
 
 
+def test_frozen_encoder_trains_only_the_classifier():
+  """Linear protocol (`frozen_encoder`): eval-mode encoder (batch statistics kept),
+  zero gradient for everything but the classifier, logits = f(x) W + b."""
+  method = simclr.SimCLRFinetune(_config(name="simclr_finetune", head_layers=0,
+                                         finetune_layer=0, frozen_encoder=True), INFO)
+  images, labels = _images(3), np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+  batch = {"labelled": {"images": {"image": images}, "label": labels}}
+  variables, _ = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
+  assert set(variables["params"]) == {"backbone", "classifier"}
+  # Non-trivial running statistics, so that train-mode batch norm would differ.
+  stats = jax.tree.map(lambda x: x + 0.3, variables["batch_stats"])
+  state = _plain_state({"params": variables["params"], "batch_stats": stats})
+  loss_fn = lambda p: method.loss_fn(p, batch, state=state, rng=jax.random.PRNGKey(1))
+  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+  for kept, given in zip(jax.tree.leaves(aux.batch_stats), jax.tree.leaves(stats)):
+    np.testing.assert_array_equal(kept, given)
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["backbone"]))
+  assert float(optax.tree.norm(grads["classifier"])) > 0
+  # The loss is cross-entropy of a linear map of the eval-mode encoder features.
+  features = method.network.backbone.apply(
+      {"params": variables["params"]["backbone"], "batch_stats": stats["backbone"]},
+      images, train=False)
+  dense = variables["params"]["classifier"]["dense"]
+  logits = _f64(features) @ _f64(dense["kernel"]) + _f64(dense["bias"])
+  logits -= logits.max(-1, keepdims=True)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(loss, -log_probs[np.arange(8), labels].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: simclr.SimCLRFinetune(_config(name="simclr_finetune", head_layers=3,
                                            finetune_layer=4), INFO), "outside the projection"),

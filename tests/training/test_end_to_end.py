@@ -81,6 +81,17 @@ def test_resume_continues_exactly(tmp_path):
   assert resumed["step"] == 6
   for key in ("eval_top1", "eval_ema_top1", "train_loss"):
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+  # metrics.jsonl: the records after step 3 written before the "crash" are replaced,
+  # not repeated.
+  logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in logged if "train_loss" in r] == [2, 4, 6]
+  assert [r["step"] for r in logged if "eval_top1" in r] == [3, 6]
+
+  # Killed after the final checkpoint, before results.json: the rerun trains no step
+  # and still reports the last train metrics.
+  os.remove(workdir / "results.json")
+  again = train_and_evaluate(_config(), str(workdir))
+  assert again["train_loss"] == resumed["train_loss"] and again["step"] == 6
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -2,8 +2,10 @@
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -16,13 +18,17 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(num_processes, workdir):
+def _start(num_processes, workdir, *extra):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.training.multiprocess_worker",
-                             str(i), str(num_processes), str(port), str(workdir)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(num_processes)]
+  return [subprocess.Popen([sys.executable, "-m", "tests.training.multiprocess_worker",
+                            str(i), str(num_processes), str(port), str(workdir), *extra],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+          for i in range(num_processes)]
+
+
+def _launch(num_processes, workdir):
+  procs = _start(num_processes, workdir)
   outputs = [p.communicate(timeout=600)[0].decode()[-3000:] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out
@@ -37,3 +43,24 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(two[0][key], single[key], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(two[1][key], single[key], rtol=1e-4, atol=1e-5)
   assert os.path.exists(tmp_path / "two" / "results.json")
+
+
+def test_preemption_notice_saves_and_exits_143_on_every_process(tmp_path):
+  """SIGTERM to one process of two: jax.distributed's preemption sync makes both
+  stop at the same step, save it, mark results.json interrupted and exit 143."""
+  procs = _start(2, tmp_path, "100000")
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
+  assert [p.returncode for p in procs] == [143, 143], outputs
+  steps = {json.load(open(tmp_path / f"interrupted{i}.json"))["step"] for i in range(2)}
+  assert len(steps) == 1, steps
+  (step,) = steps
+  written = json.load(open(tmp_path / "results.json"))
+  assert written["status"] == "interrupted" and written["metrics"]["step"] == step
+  saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  assert saved[-1] == step
