@@ -52,11 +52,15 @@ def _flatten(tree: Any) -> dict[str, Any]:
   return {path_to_str(path): leaf for path, leaf in leaves}
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a finalised checkpoint (cheap: lists step directories)."""
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  return bool(ocp.utils.checkpoint_steps(directory) if directory.is_dir() else [])
+
+
 def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
   """One-line error unless `workdir` holds a finalised checkpoint (cheap: no restore)."""
-  directory = workdirs.resolve(workdir) / "checkpoints"
-  steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-  if not steps:
+  if not has_checkpoint(workdir):
     raise ValueError(f"{what}={workdir!r} has no checkpoint; run that stage first or point "
                      f"{what} at its workdir.")
 

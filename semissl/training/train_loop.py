@@ -131,6 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(config.get("mesh", None))
   validate_config(config, mesh)
   _check_workdir(workdir)
+  if config.get("init_from") and not checkpointing.has_checkpoint(workdir):
+    checkpointing.require_checkpoint(config.init_from)  # before anything is written
   accepted = workdirs.check_and_record_config(workdir, config, allowed=allow_config_change,
                                               write=jax.process_index() == 0)
   if accepted:
@@ -140,8 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       save_interval_steps=config.get("checkpoint_every_steps", 1000))
   latest = manager.latest_step()
   start_step = int(latest) if latest is not None else 0
-  if latest is None and config.get("init_from"):
-    checkpointing.require_checkpoint(config.init_from)  # fail before reading any data
 
   data = data_lib.build_input(
       config.data, batch_size=config.batch_size, mu=config.get("mu", 0),

@@ -223,6 +223,14 @@ def test_main_exit_statuses_and_one_line_errors(tmp_path):
   assert len(proc.stderr.splitlines()) < 20, proc.stderr[-3000:]  # no TFDS catalogue
   assert not (tmp_path / "a" / "labelled_ids.txt").exists()
 
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  proc = _main(a_file, CONFIG)
+  assert proc.returncode == 2 and "is a file" in _error_line(proc)
+  proc = _main(tmp_path / "b", CONFIG, "--config.init_from=/no/such/run")
+  assert proc.returncode == 2 and "has no checkpoint" in _error_line(proc)
+  assert not (tmp_path / "b").exists() or not os.listdir(tmp_path / "b")
+
   # Non-finite: exit 1, one line naming the step, no checkpoint.
   proc = _main(tmp_path / "nan", CONFIG, "--config.optimizer.base_lr=nan")
   assert proc.returncode == 1 and "param_norm is nan at step 1" in _error_line(proc)
@@ -245,6 +253,19 @@ def test_main_sigterm_exits_143_then_refuses_another_config(tmp_path):
   written = json.load(open(workdir / "results.json"))
   assert written["status"] == "interrupted" and written["metrics"]["step"] >= 2
   assert _checkpoint_steps(workdir)[-1] == written["metrics"]["step"]
+
+  # Ctrl-C on the resumed run: saved again, exit 130.
+  proc = _main(workdir, CONFIG, "--config.num_train_steps=100000",
+               "--config.log_every_steps=1", wait=False)
+  step = written["metrics"]["step"]
+  deadline = time.time() + 300
+  while max([r["step"] for r in _strict_json_lines(metrics)], default=0) <= step + 1:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 130 and "stopped by SIGINT" in stderr, stderr[-3000:]
+  assert json.load(open(workdir / "results.json"))["signal"] == "SIGINT"
 
   ids_before = (workdir / "labelled_ids.txt").read_text()
   proc = _main(workdir, "--config=configs/supervised_fmnist.py:runlocal,labels=10pct",
