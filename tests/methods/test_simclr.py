@@ -293,6 +293,22 @@ def test_distill_teacher_from_checkpoint_and_eq2_eq3(tmp_path):
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract))
 
 
+def test_fmnist_finetune_protocol_follows_the_label_regime():
+  # Chosen on validation at 40 labels (docs/results/diagnostics/simclrv2_40_finetune):
+  # SemPPL's App. A.1 at encoder rate 0.001 with few labels, SimCLRv2's own otherwise.
+  few = simclrv2_fmnist.get_config("labels=40,stage=finetune")
+  assert (few.optimizer.name, few.optimizer.base_lr, few.optimizer.nesterov) == (
+      "sgd", 0.001, True)
+  assert few.optimizer.lr_multipliers == ((r"^classifier/", 40.0),)
+  assert few.method.finetune_layer == 1 and few.method.head_type == "simclr"
+  pct = simclrv2_fmnist.get_config("labels=1pct,stage=finetune")
+  assert (pct.optimizer.name, pct.optimizer.base_lr) == ("lars", 0.005)
+  assert simclrv2_fmnist.get_config("labels=40,stage=finetune,protocol=simclr"
+                                    ).optimizer.base_lr == 0.005
+  with pytest.raises(ValueError, match="use auto, simclr or semppl"):
+    simclrv2_fmnist.get_config("stage=finetune,protocol=linear")
+
+
 def test_r50_configs_have_paper_values():
   lr = lambda c: optimizers.scaled_learning_rate(c.optimizer, c.batch_size)
   pre = simclrv2_r50.get_config("stage=pretrain")
