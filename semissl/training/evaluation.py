@@ -400,6 +400,20 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
                 head_out_dim=int(method.get("head_out_dim", 128)))
   config.method = ml_collections.ConfigDict(dict(name="simclr_finetune", finetune_layer=1,
                                                  **head))
+  _labelled_sgd_stage(config, base_lr=encoder_base_lr, weight_decay=0.0,
+                      lr_multipliers=((r"^classifier/", classifier_base_lr / encoder_base_lr),),
+                      num_epochs=num_epochs, schedule="step")
+  config.optimizer.step_decay_fractions = (18.0 / 30.0, 24.0 / 30.0)
+  config.optimizer.step_decay_factor = 0.2
+  return config
+
+
+def _labelled_sgd_stage(config: ml_collections.ConfigDict, *, base_lr: float,
+                        weight_decay: float, lr_multipliers: tuple, num_epochs: float,
+                        schedule: str) -> None:
+  """What the fine-tune and linear protocols share: cross-entropy on crop + flip views
+  of the labelled images only, SGD with Nesterov momentum 0.9 at `base_lr` x B/256
+  (this stage's batch), no warm-up, `num_epochs`, no k-NN monitor."""
   config.data.labelled_views = {"image": {"name": "crop_flip"}}
   config.data.unlabelled_views = {}
   config.mu = 0
@@ -409,20 +423,17 @@ def semppl_finetune_protocol(config: ml_collections.ConfigDict, *,
   opt.name = "sgd"
   opt.momentum = 0.9
   opt.nesterov = True
-  opt.weight_decay = 0.0
-  opt.base_lr = encoder_base_lr
+  opt.weight_decay = weight_decay
+  opt.base_lr = base_lr
   opt.lr_scaling = "linear"
-  opt.lr_multipliers = ((r"^classifier/", classifier_base_lr / encoder_base_lr),)
-  opt.schedule = "step"
-  opt.step_decay_fractions = (18.0 / 30.0, 24.0 / 30.0)
-  opt.step_decay_factor = 0.2
+  opt.lr_multipliers = lr_multipliers
+  opt.schedule = schedule
   opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
   opt.warmup_steps = 0
   if "lr_batch_size" in opt:
     opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
   config.num_epochs = num_epochs
   config.num_train_steps = 0
-  return config
 
 
 def linear_protocol(config: ml_collections.ConfigDict, *, base_lr: float,
@@ -438,23 +449,8 @@ def linear_protocol(config: ml_collections.ConfigDict, *, base_lr: float,
   """
   config.method = ml_collections.ConfigDict(dict(
       name="simclr_finetune", head_layers=0, finetune_layer=0, frozen_encoder=True))
-  config.data.labelled_views = {"image": {"name": "crop_flip"}}
-  config.data.unlabelled_views = {}
-  config.mu = 0
   config.knn_monitor = None
-  opt = config.optimizer
-  opt.name = "sgd"
-  opt.momentum = 0.9
-  opt.nesterov = True
-  opt.weight_decay = weight_decay
-  opt.base_lr = base_lr
-  opt.lr_scaling = "linear"
-  opt.lr_multipliers = ((r"^(?!classifier/)", 0.0),)
-  opt.schedule = schedule
-  opt.warmup_epochs = type(opt.get("warmup_epochs", 0.0))(0)  # keeps a locked field's type
-  opt.warmup_steps = 0
-  if "lr_batch_size" in opt:
-    opt.lr_batch_size = 0  # scale by this stage's batch, not the pretraining's
-  config.num_epochs = num_epochs
-  config.num_train_steps = 0
+  _labelled_sgd_stage(config, base_lr=base_lr, weight_decay=weight_decay,
+                      lr_multipliers=((r"^(?!classifier/)", 0.0),), num_epochs=num_epochs,
+                      schedule=schedule)
   return config

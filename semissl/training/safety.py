@@ -1,9 +1,9 @@
 """What keeps a run from losing work or reporting success wrongly.
 
 * `FiniteGuard`: the train loop stops at the first step whose loss, gradient
-  norm or parameter norm is not finite (`NonFiniteError`), and a checkpoint is only written after
-  its own step's metrics were checked, so no checkpoint ever holds non-finite
-  state and retention never deletes the newest finite one.
+  norm or parameter norm is not finite (`NonFiniteError`), and a checkpoint is
+  only written after its own step's metrics were checked, so no checkpoint ever
+  holds non-finite state and retention never deletes the newest finite one.
 * `StopSignals`: SIGTERM / SIGINT ask the loop to finish the current step, save
   and raise `Interrupted` (exit status 128 + signal: 143 / 130); a second SIGINT
   exits at once.
@@ -34,7 +34,7 @@ class RunError(Exception):
 
 
 class NonFiniteError(RunError):
-  """The loss or the gradient norm of a step is NaN or infinite."""
+  """The loss, gradient norm or parameter norm of a step is NaN or infinite."""
 
 
 class SaveError(RunError):

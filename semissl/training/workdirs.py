@@ -47,7 +47,11 @@ def json_safe(value: Any) -> Any:
 def write_json(path: epath.Path, value: Any) -> None:
   """Writes `value` as indented JSON, atomically on local disks (temp file + rename);
   non-finite floats become null."""
-  text = json.dumps(json_safe(value), indent=2, default=str, allow_nan=False)
+  _write_atomically(path, json.dumps(json_safe(value), indent=2, default=str,
+                                     allow_nan=False))
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
   if "://" in os.fspath(path):
     path.write_text(text)  # object stores publish a whole object at once
     return
@@ -75,12 +79,7 @@ def truncate_json_lines(path: epath.Path, *, max_step: int,
     if last_with_prefix and chosen:
       last = chosen
   if kept != lines:
-    if "://" in os.fspath(path):
-      path.write_text("".join(kept))
-    else:
-      temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
-      temporary.write_text("".join(kept))
-      temporary.replace(path)
+    _write_atomically(path, "".join(kept))
   return last
 
 
@@ -162,8 +161,7 @@ def check_and_record_config(workdir: str, config: Any, *, allowed: Iterable[str]
           f"workdir {os.fspath(workdir)} was started with another config: changed "
           f"{'; '.join(changes)}. Use a new workdir, restore those values, or accept the "
           f"change with --allow_config_change={keys}.")
-    accepted = config_changes(recorded, current, allowed=())
-    accepted = [c for c in accepted if not _resumable(c.split(" ", 1)[0], ())]
+    accepted = config_changes(recorded, current)  # the allowed ones, now accepted
     if not accepted:
       return []
   if write:
