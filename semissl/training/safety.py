@@ -6,7 +6,8 @@
   holds non-finite state and retention never deletes the newest finite one.
 * `StopSignals`: SIGTERM / SIGINT ask the loop to finish the current step, save
   and raise `Interrupted` (exit status 128 + signal: 143 / 130); a second SIGINT
-  exits at once.
+  exits at once. With several processes every process stops at the same step
+  (jax.distributed's preemption sync; a SIGINT is forwarded to it as SIGTERM).
 * `RunError`: the base of the errors a user can act on; `experiments/main.py`
   prints their one line instead of a traceback.
 """
@@ -90,21 +91,30 @@ class FiniteGuard:
 class StopSignals:
   """Context manager: SIGTERM and SIGINT set `received` instead of killing the run.
 
-  Installed only in the main thread of a single-process run (with several
-  processes every process must stop at the same step, which orbax's preemption
-  sync gives: the loop asks `manager.reached_preemption`). A second SIGINT while a
-  stop is pending raises KeyboardInterrupt at once.
+  Single process (main thread): both handled here; the loop stops once
+  `stop_requested`. Several processes: every process must stop at the same step,
+  which jax.distributed's preemption sync gives (the loop asks orbax's
+  `manager.reached_preemption`). SIGTERM is left to that sync's own handler, and a
+  SIGINT is recorded (for the exit status, 130) and re-sent to this process as
+  SIGTERM so that it reaches the sync too; `stop_requested` stays False so that no
+  process stops before the agreed step. A second SIGINT while a stop is pending
+  raises KeyboardInterrupt at once.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self, enabled: bool | None = None):
+  def __init__(self, enabled: bool | None = None, *, multi_process: bool | None = None):
+    if multi_process is None:
+      multi_process = jax.process_count() > 1
     if enabled is None:
-      enabled = (threading.current_thread() is threading.main_thread()
-                 and jax.process_count() == 1)
+      enabled = threading.current_thread() is threading.main_thread()
     self.enabled = enabled
+    self.multi_process = multi_process
     self.received: int | None = None
     self._previous: dict[int, Any] = {}
+
+  @property
+  def stop_requested(self) -> bool:
+    """Whether to stop after this step without waiting for a preemption sync."""
+    return self.received is not None and not self.multi_process
 
   def _handle(self, signum, frame):
     del frame
@@ -112,10 +122,13 @@ class StopSignals:
       signal.signal(signal.SIGINT, signal.default_int_handler)
       raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
     self.received = signum
+    if self.multi_process:  # hand the stop to jax.distributed's preemption sync
+      os.kill(os.getpid(), signal.SIGTERM)
 
   def __enter__(self) -> "StopSignals":
     if self.enabled:
-      for signum in self.SIGNALS:
+      signals = (signal.SIGINT,) if self.multi_process else (signal.SIGTERM, signal.SIGINT)
+      for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 

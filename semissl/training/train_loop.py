@@ -14,7 +14,9 @@ stops the run at the next step (`safety.SaveError`). See training/safety.py.
 """
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -105,9 +107,19 @@ def evaluate(eval_step, state, data, mesh) -> dict[str, float]:
 
 
 def _check_workdir(workdir: str) -> None:
+  """A one-line ValueError unless `workdir` is (or can be made) a writable directory."""
   path = workdirs.resolve(workdir)
   if path.exists() and not path.is_dir():
     raise ValueError(f"workdir {workdir} is a file; point --workdir at a directory.")
+  if "://" in os.fspath(path):
+    return  # remote storage: its own errors name the bucket and the permission
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise ValueError(f"workdir {workdir} is not writable ({error.strerror}); point "
+                     "--workdir at a directory this user can write.") from None
 
 
 def _write_results(workdir: str, config, metrics: dict, *, status: str, **extra) -> None:
@@ -268,11 +280,12 @@ def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manag
         logger.write(step, eval_metrics)
     save()
     preempted = manager.reached_preemption(step)
-    if signals.received is not None or preempted:
+    if signals.stop_requested or preempted:
       save(force=True)
       manager.wait_until_finished()
       signum = signals.received if signals.received is not None else signal.SIGTERM
-      cause = safety.signal_name(signum) if not preempted else "a preemption notice"
+      cause = (safety.signal_name(signum) if signals.received is not None
+               else "a preemption notice")
       raise safety.Interrupted(
           f"stopped by {cause} at step {step} of {total_steps}; checkpoint saved in "
           f"{workdir}; rerun the same command to resume.", step=step, signum=signum)

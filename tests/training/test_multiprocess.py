@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,18 +46,21 @@ def test_two_processes_equal_one(tmp_path):
   assert os.path.exists(tmp_path / "two" / "results.json")
 
 
-def test_preemption_notice_saves_and_exits_143_on_every_process(tmp_path):
-  """SIGTERM to one process of two: jax.distributed's preemption sync makes both
-  stop at the same step, save it, mark results.json interrupted and exit 143."""
+@pytest.mark.parametrize("signum, codes", [(signal.SIGTERM, [143, 143]),
+                                           (signal.SIGINT, [143, 130])])
+def test_signal_to_one_process_stops_every_process_at_one_step(tmp_path, signum, codes):
+  """SIGTERM (a preemption notice) or Ctrl-C to one process of two: jax.distributed's
+  preemption sync makes both stop at the same step, save it, mark results.json
+  interrupted and exit 128 + signal (the process without a signal: 143)."""
   procs = _start(2, tmp_path, "100000")
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
     assert all(p.poll() is None for p in procs) and time.time() < deadline
     time.sleep(0.5)
-  procs[1].send_signal(signal.SIGTERM)
+  procs[1].send_signal(signum)
   outputs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
-  assert [p.returncode for p in procs] == [143, 143], outputs
+  assert [p.returncode for p in procs] == codes, outputs
   steps = {json.load(open(tmp_path / f"interrupted{i}.json"))["step"] for i in range(2)}
   assert len(steps) == 1, steps
   (step,) = steps

@@ -216,6 +216,10 @@ def test_main_exit_statuses_and_one_line_errors(tmp_path):
   a_file.write_text("")
   proc = _main(a_file, CONFIG)
   assert proc.returncode == 2 and "is a file" in _error_line(proc)
+  # Read-only even for root: sysfs refuses new directories and files.
+  for read_only in ("/sys/kernel", "/sys/kernel/semissl_run"):
+    proc = _main(read_only, CONFIG)
+    assert proc.returncode == 2 and f"workdir {read_only} is not writable" in _error_line(proc)
   proc = _main(tmp_path / "b", CONFIG, "--config.init_from=/no/such/run")
   assert proc.returncode == 2 and "has no checkpoint" in _error_line(proc)
   assert not (tmp_path / "b").exists() or not os.listdir(tmp_path / "b")
