@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.method = ml_collections.ConfigDict({"name": ""})
-  config.model = ml_collections.ConfigDict({"name": ""})
+  # dtype: the backbone's compute dtype ('float32' | 'bfloat16'); parameters, optimizer
+  # state, EMA target, batch-norm statistics and losses stay float32 (models/precision.py).
+  config.model = ml_collections.ConfigDict({"name": "", "dtype": "float32"})
   config.data = ml_collections.ConfigDict()
   for key, kind in NONE_DEFAULT_TYPES.items():  # typed, so `--config.data.KEY=v` works
     config.data[key] = config_dict.placeholder(kind)
@@ -137,7 +139,11 @@ def set_fmnist_sgd_training(config: ml_collections.ConfigDict, *, base_lr: float
 
 
 def make_runlocal(config: ml_collections.ConfigDict) -> None:
-  """A few steps on small batches: smoke tests and CI."""
+  """A few steps on small batches: smoke tests and CI (on CPU, so float32: CPU XLA
+  upcasts bfloat16 convolutions anyway, and README's known issue on jaxlib 0.12)."""
+  for model in (config.model, config.method.get("teacher_model")):
+    if model is not None and "dtype" in model:
+      model.dtype = "float32"
   config.batch_size = 16
   config.eval_batch_size = 64
   config.num_train_steps = 6

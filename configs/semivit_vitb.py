@@ -97,6 +97,7 @@ def get_config(arg=None):
                                   if semi else {})
 
   config.model.name = "vit_b"
+  config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
   config.model.patch_size = PATCH
   config.model.posemb = "learn"
   config.model.pool = "gap"

@@ -144,6 +144,7 @@ def get_config(arg=None):
 
   depth, width = MODELS[args.model]
   config.model.name = f"resnet{depth}"
+  config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
   config.model.width_multiplier = width
   config.model.sk = "semppl" if args.sk else None
 

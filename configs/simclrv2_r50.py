@@ -39,7 +39,8 @@ def parse_model(spec: str) -> tuple[ml_collections.ConfigDict, bool]:
     raise ValueError(f"model={spec!r}; use r<depth>_<width>x[_sk], e.g. r50_1x or r152_3x_sk.")
   depth, width, sk = int(match[1]), int(match[2]), bool(match[3])
   model = ml_collections.ConfigDict({"name": f"resnet{depth}", "width_multiplier": width,
-                                     "sk": "simclrv2" if sk else None})
+                                     "sk": "simclrv2" if sk else None,
+                                     "dtype": "bfloat16"})
   return model, width > 1 or sk
 
 

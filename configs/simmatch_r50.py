@@ -78,6 +78,7 @@ def get_config(arg=None):
   data.unlabelled_views = {"weak": weak_view(), "strong": mocov2_strong_view()}
 
   config.model.name = "resnet50"
+  config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
   config.batch_size = 64
   config.mu = 5
   config.eval_batch_size = 1024

@@ -34,6 +34,7 @@ def get_config(arg=None):
   data.unlabelled_views = {}
 
   config.model.name = f"resnet{args.depth}"
+  config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
   config.model.width_multiplier = args.width
   config.batch_size = 1024
   config.eval_batch_size = 1024
@@ -43,10 +44,10 @@ def get_config(arg=None):
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
   config.optimizer.weight_decay = 1e-4 if args.labels == "100pct" else 5e-4
-  config.optimizer.warmup_epochs = 5
+  config.optimizer.warmup_epochs = 5.0
   config.optimizer.schedule = "cosine"
   config.ema.decay = 0.9999
-  config.num_epochs = {"1pct": 200, "10pct": 100, "100pct": 90}[args.labels]
+  config.num_epochs = {"1pct": 200.0, "10pct": 100.0, "100pct": 90.0}[args.labels]
   config.log_every_steps = 100
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 2000

@@ -6,11 +6,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from semissl import models
+from semissl.models import precision
 
 
 def build_backbone(model_config: ml_collections.ConfigDict):
-  """`config.model.name` from the model registry; the other keys are its kwargs."""
+  """`config.model.name` from the model registry; the other keys are its kwargs.
+
+  `config.model.dtype` ('float32' | 'bfloat16'; default float32) is the compute dtype
+  of the backbone (models/precision.py); its features, and so every head, classifier
+  and loss after it, are float32.
+  """
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
+  kwargs["dtype"] = precision.compute_dtype(kwargs.get("dtype") or "float32")
   return models.get_backbone(model_config.name, **kwargs)
 
 

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semissl.models import selective_kernel
+from semissl.models import precision, selective_kernel
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -243,7 +243,7 @@ class ResNet(nn.Module):
         nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=CONV_KERNEL_INIT
     )
     norm = functools.partial(
-        nn.BatchNorm,
+        precision.norm_layer(nn.BatchNorm, self.dtype),
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,

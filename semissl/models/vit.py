@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semissl.models import precision
+
 EMBEDDING_PARAM_NAMES = ("embedding", "pos_embedding", "cls")
 _BLOCK_NAME = re.compile(r"^encoderblock_(\d+)$")
 
@@ -113,7 +115,7 @@ class EncoderBlock(nn.Module):
     drop_path = nn.Dropout(
         self.drop_path_rate, broadcast_dims=(1, 2), deterministic=not train
     )
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+    y = precision.norm_layer(nn.LayerNorm, self.dtype)(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,
@@ -122,7 +124,7 @@ class EncoderBlock(nn.Module):
         name="attention",
     )(y)
     x = x + drop_path(y)
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+    y = precision.norm_layer(nn.LayerNorm, self.dtype)(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
     y = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
     return x + drop_path(y)
 
@@ -208,6 +210,6 @@ class ViT(nn.Module):
           dtype=self.dtype,
           name=f"encoderblock_{index}",
       )(x, train=train)
-    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+    x = precision.norm_layer(nn.LayerNorm, self.dtype)(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
     x = x.astype(jnp.float32)
     return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)

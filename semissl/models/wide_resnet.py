@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semissl.models import resnet
+from semissl.models import precision, resnet
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -91,7 +91,7 @@ class WideResNet(nn.Module):
         kernel_init=resnet.CONV_KERNEL_INIT,
     )
     norm = functools.partial(
-        nn.BatchNorm,
+        precision.norm_layer(nn.BatchNorm, self.dtype),
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,

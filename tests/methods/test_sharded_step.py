@@ -139,8 +139,8 @@ def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def _method(case):
-  config = _config(case)
+def _method(case, config=None):
+  config = config or _config(case)
   info = methods.DatasetInfo(
       num_classes=NUM_CLASSES, image_shape=(SIZE, SIZE, 1), num_labelled=NUM_LABELLED,
       num_unlabelled=64, steps_per_epoch=4, total_steps=TOTAL_STEPS,
