@@ -10,7 +10,8 @@ Variants (comma-separated key=value after ':'):
 
 Semi-ViT's semi-supervised stage (Sec. 2.2-3.3, Table 13) on a CNN: pseudo-labels
 from the EMA teacher (eval mode), label smoothing 0.1, mixup 0.8 / CutMix 1.0
-chosen per batch with probability 1/2, the mixing ratio from the confidences
+chosen per example with probability 1/2 and partners from a random permutation of
+the batch (the official ProbPseudoMixup), the mixing ratio from the confidences
 (Eq. 4-5). Training as configs/fixmatch_fmnist.py (tiny_resnet, SGD, B = 32,
 mu = 3) for a like-for-like comparison; tau = 0.7 (Semi-ViT Table 4: probabilistic
 pseudo mixup is insensitive to tau, 0.5-0.7 best), lambda_u = 1 (Semi-ViT's 5 is

@@ -21,6 +21,8 @@ mixup 0.8 / CutMix 1.0, drop path 0.1 (10%) / 0 (1%), random erasing 0.25 (10%) 
 0 (1%), no mixup on labelled data at 1%, teacher EMA 0.9999. Table 12 (supervised,
 ViT-B): base lr 2.5e-4 (10%) / 5e-5 (1%), layer decay 0.65, batch 512, 100 epochs,
 label smoothing 0.1, mixup/CutMix/drop path/erasing as above at 10%, off at 1%.
+Pseudo mixup as the official ProbPseudoMixup: partners from a random permutation of
+the unlabelled batch, mixup or CutMix drawn per example (switch_prob 0.5).
 Augmentations (App. A): labelled and strong = random resized crop + flip +
 RandAugment 'm9-mstd0.5-inc1' + random erasing; weak = random resized crop + flip
 + ColorJitter(0.4); centre crop at test. Average-pooled features ('gap').

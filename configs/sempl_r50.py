@@ -21,6 +21,8 @@ Variants (comma-separated key=value after ':'):
   model=r50 (default) | r50x2 | r50x4 | r200x2 ; sk=True (selective kernels)
   label_dir=<dir holding SimCLR's 1percent.txt / 10percent.txt>
   ema=constant (default) | byol_cosine
+  crop_prob=1.0 (default: every view random-cropped, App. E) | 0.5 (Table 12's
+        figure: half the views, small ones included, are the whole image resized)
   runlocal  (tiny shapes; with dataset=fashion_mnist it runs on a CPU)
 
 Every value SemPPL states (§2.1, App. D.1, App. E Table 12) is set here:
@@ -45,7 +47,9 @@ Choices the paper leaves open, made here:
 * Epochs are ImageNet epochs at B = 4096: 300 x 1,281,167 / 4096 steps.
 * Target EMA: the paper states 0.996 and Listing 1 uses a fixed gamma, so the
   decay is constant; BYOL's cosine ramp to 1 is the `ema=byol_cosine` variant.
-* Table 12's 50% crop probability is kept as stated (BYOL crops always).
+* Random crop on every view, large and small (App. E; BYOL crops always), not
+  Table 12's 50% "probability of randomly cropping" (`crop_prob=0.5`), which would
+  make half the 96 px small views whole-image thumbnails.
 * The saliency-masking augmentation (App. E, p = 0.1 on large views) needs
   saliency masks that are not part of ImageNet; it is not implemented.
 * Encoder: `models.ResNet` (v1, post-activation; §2.1 says "v1; pre-activation").
@@ -80,10 +84,12 @@ VIEW_PARITY = {"large1": "odd", "large2": "even", "large3": "odd", "large4": "ev
                "small1": "odd", "small2": "even"}
 
 
-def semppl_views() -> dict:
-  """SemPPL's 4 large + 2 small views with Table 12's parameters."""
+def semppl_views(crop_prob: float = 1.0) -> dict:
+  """SemPPL's 4 large + 2 small views with Table 12's parameters, every view cropped
+  (App. E) unless `crop_prob` < 1."""
   return {name: augment_simclr.semppl_view_spec(parity=parity,
-                                                scale=name.rstrip("0123456789"))
+                                                scale=name.rstrip("0123456789"),
+                                                crop_prob=crop_prob)
           for name, parity in VIEW_PARITY.items()}
 
 
@@ -91,7 +97,8 @@ def get_config(arg=None):
   args = common.parse_arg(arg, labels="1pct", model="r50", sk=False,
                           label_dir="imagenet_subsets", ema="constant", runlocal=False,
                           dataset="imagenet2012", stage="pretrain", init_from="",
-                          encoder_lr=0.0025, classifier_lr=0.2, linear_lr=0.05)
+                          encoder_lr=0.0025, classifier_lr=0.2, linear_lr=0.05,
+                          crop_prob=1.0)
   if args.stage not in STAGES:
     raise ValueError(f"stage={args.stage!r}; use one of {', '.join(STAGES)}.")
   if args.stage != "pretrain" and not args.init_from:
@@ -118,7 +125,7 @@ def get_config(arg=None):
   data.num_channels = 3
   data.mean = (0.485, 0.456, 0.406)
   data.std = (0.229, 0.224, 0.225)
-  views = semppl_views()
+  views = semppl_views(args.crop_prob)
   data.labelled_views = views
   data.unlabelled_views = views
   data.eval_view = {"name": "identity", "crop_fraction": 224 / 256}

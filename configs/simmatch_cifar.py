@@ -10,7 +10,12 @@ S = 2^20 steps, lr 0.03 cos(7 pi s / 16 S), SGD Nesterov, DA over the past 32
 steps, the EMA of the parameters is what is reported. Everything else follows
 FixMatch (the paper says so): WRN-28-2 / WRN-28-8, weight decay 5e-4 / 1e-3, weak
 flip + crop and RandAugment + Cutout strong views (configs/fixmatch_cifar.py).
-Projection head: MLP to 128 dims (the public implementation).
+From the public implementation (its TorchSSL / USB CIFAR code), not the paper:
+projection head Linear(D, D)-ReLU-Linear(D, 128) without batch norm
+(`embedding_batch_norm=False`; True gives the BN head runs before this option
+used); the instance terms (label propagation and L_in) are off for the first epoch
+(`instance_warmup_epochs=1`: the code's `epoch == 0` gate; the paper describes no
+warm-up, 0 is the paper).
 """
 from configs import common
 from configs import fixmatch_cifar
@@ -33,7 +38,8 @@ def set_simmatch_method(config) -> None:
   m.q_strategy = "scaling"
   m.embedding_dim = 128
   m.embedding_hidden_dim = 0  # the encoder width
-  m.instance_warmup_epochs = 1.0
+  m.embedding_batch_norm = False  # official head: Linear-ReLU-Linear
+  m.instance_warmup_epochs = 1.0  # official code (epoch > 0), not the paper
   m.teacher_train_mode = True
 
 

@@ -10,9 +10,13 @@ Variants (comma-separated key=value after ':'):
 SimMatch's CIFAR hyper-parameters (configs/simmatch_cifar.py: lambda_u = lambda_in
 = 1, t = 0.1, alpha = 0.9, tau = 0.95, bank momentum 0.7, DA over 32 steps) with the
 CPU training of configs/fixmatch_fmnist.py (tiny_resnet, B = 32, mu = 3, EMA 0.99),
-so the two are compared at the same backbone, batch and steps. The instance terms
-start after half an epoch (312 steps; the paper: one epoch = 2^20 / 1024 of CIFAR
-training, here an epoch is a fifth of the run).
+so the two are compared at the same backbone, batch and steps. The projection head
+is the official Linear-ReLU-Linear without batch norm (`embedding_batch_norm=False`;
+runs before this option existed used a BN head: `--config.method.
+embedding_batch_norm=True` reproduces them). The instance terms start after half an
+epoch (312 steps; here an epoch is a fifth of the run). The warm-up itself is the
+official code's (one epoch; its CIFAR epoch is 1024 steps, 1/1024 of the 2^20-step
+run); the paper describes none.
 """
 from configs import common
 from configs import fixmatch_fmnist

@@ -17,7 +17,11 @@ Split: the paper follows CoMatch's 13 / 128 images per class; here a seeded
 stratified draw of 13 / 128 per class (not the official lists, nor SimCLR's
 `imagenet2012_subset` lists): report which split a number uses.
 From the public implementation, not the paper: weight decay 1e-4, weak view =
-random resized crop (0.2, 1) + flip, 2048-2048-128 projection MLP.
+random resized crop (0.2, 1) + flip, 2048-2048-128 projection MLP without batch norm
+(Linear-ReLU-Linear, `embedding_batch_norm=False`; True gives the BN head runs
+before this option used); the instance terms (label propagation and L_in) start
+after the first epoch (`instance_warmup_epochs=1`: the official `start_unlabel=
+epoch>0`; the paper describes no warm-up, 0 is the paper).
 """
 from configs import common
 
@@ -57,7 +61,8 @@ def get_config(arg=None):
   m.q_strategy = "scaling"
   m.embedding_dim = 128
   m.embedding_hidden_dim = 2048
-  m.instance_warmup_epochs = 1.0
+  m.embedding_batch_norm = False  # official head: Linear-ReLU-Linear
+  m.instance_warmup_epochs = 1.0  # official code (epoch > 0), not the paper
   m.teacher_train_mode = True
 
   data = config.data

@@ -5,7 +5,8 @@ order, every step after the crop applied with its own probability:
 1. random resized crop: area fraction ~ U[area_range], aspect ratio
    log-uniform in aspect_ratio_range (10 attempts, then the largest central
    crop within the ratio range, as torchvision), bicubic resize to size x size;
-   with probability 1 - crop_prob the whole image is resized instead;
+   with probability 1 - crop_prob the whole image is resized instead (SemPPL
+   views: crop_prob 1, see below);
 2. horizontal flip;
 3. colour jitter, the four adjustments in a random order, each by a value
    u ~ U[-a, a]: brightness x + u, contrast (x - mean) (1 + u) + mean per
@@ -23,8 +24,13 @@ saturation, hue and grayscale are identities (a gray image has no chroma).
 Two places where the SemPPL text and its cited pipelines differ, and what is
 done here: App. E step 6 describes solarize as binarising at 0.5, but the
 pipelines it says it follows (SimCLR, BYOL, ReLIC) map x >= 0.5 to 1 - x; we
-follow those. Table 12 lists a 50% "probability of randomly cropping"; BYOL's
-Table 6 crops always. `SEMPPL_*` presets keep Table 12's 0.5, `BYOL_*` use 1.0.
+follow those. App. E applies the random crop to every view (as BYOL's Table 6;
+the BYOL input pipeline that SemPPL's released code reuses random-crops every
+pretraining view), while Table 12 lists a 50% "probability of randomly cropping".
+The crop is always applied here (`SEMPPL_*` and `BYOL_*` presets: crop_prob 1.0),
+so a small view is always a small crop (area 5-14%), never a whole-image
+thumbnail; `semppl_view_spec(crop_prob=SEMPPL_TABLE12_CROP_PROB)` gives Table
+12's 0.5 (the setting of runs made before this default changed).
 
 Presets (plain dicts of this augmentation's parameters, no 'size'/'area_range'
 where those depend on the view's scale): `SEMPPL_EVEN`, `SEMPPL_ODD` (Table 12
@@ -67,8 +73,10 @@ GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)
 _CROP_ATTEMPTS = 10
 
 # SemPPL Table 12. Odd views: large views 1 and 3 and small view 1; even views:
-# large views 2 and 4 and small view 2.
-_SEMPPL_COMMON = {"crop_prob": 0.5, "flip_prob": 0.5, "jitter_prob": 0.8,
+# large views 2 and 4 and small view 2. The crop is applied to every view (App. E);
+# Table 12's 50% crop probability is the `crop_prob` option of `semppl_view_spec`.
+SEMPPL_TABLE12_CROP_PROB = 0.5
+_SEMPPL_COMMON = {"crop_prob": 1.0, "flip_prob": 0.5, "jitter_prob": 0.8,
                   "grayscale_prob": 0.2, "brightness": 0.4, "contrast": 0.4,
                   "saturation": 0.2, "hue": 0.1,
                   "aspect_ratio_range": (3 / 4, 4 / 3),
@@ -103,14 +111,20 @@ def view_spec(*, preset: str, size: int, **overrides) -> dict:
 
 
 def semppl_view_spec(*, parity: str, scale: str, size: int | None = None,
-                     area_range: Sequence[float] | None = None) -> dict:
-  """SemPPL Table 12 view: parity 'odd'|'even', scale 'large'|'small'."""
+                     area_range: Sequence[float] | None = None,
+                     crop_prob: float = 1.0) -> dict:
+  """SemPPL Table 12 view: parity 'odd'|'even', scale 'large'|'small'.
+
+  `crop_prob`: 1.0 crops every view (App. E); `SEMPPL_TABLE12_CROP_PROB` (0.5) is
+  Table 12's figure, under which half the views are the whole image resized.
+  """
   if (parity, scale) not in SEMPPL_CROP:
     raise ValueError(f"parity={parity!r}, scale={scale!r}: use odd|even and "
                      "large|small.")
   default_size, default_area = SEMPPL_CROP[(parity, scale)]
   return view_spec(preset=f"semppl_{parity}", size=size or default_size,
-                   area_range=tuple(area_range or default_area))
+                   area_range=tuple(area_range or default_area),
+                   crop_prob=float(crop_prob))
 
 
 def blur_radius(size: int) -> int:

@@ -51,6 +51,7 @@ from semissl.losses.fixmatch import softmax_cross_entropy
 from semissl.losses.fixmatch import thresholded_cross_entropy
 from semissl.losses.mixing import cutmix
 from semissl.losses.mixing import mixup
+from semissl.losses.mixing import mixup_or_cutmix
 from semissl.losses.mixing import probabilistic_pseudo_mixup
 from semissl.losses.mixing import pseudo_mixup_loss
 from semissl.losses.mixing import sample_mix_ratio

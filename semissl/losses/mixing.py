@@ -2,16 +2,17 @@
 
 Images are NHWC. A batch is mixed with a permuted copy of itself: example i is paired
 with j = permutation[i]. The mixing ratio lambda (`mix_ratio`) is the weight of
-example i and may be a scalar (batch-wise) or [B] (element-wise).
+example i and may be a scalar (batch-wise) or [B] (element-wise). Mixup or CutMix
+is chosen by `use_cutmix`, a scalar (the whole batch) or [B] bool (per example, as
+Semi-ViT's ProbPseudoMixup).
 """
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
 from semissl.losses import fixmatch
-
-MODES = ("mixup", "cutmix")
 
 
 def sample_mix_ratio(*, rng: jax.Array, alpha: float,
@@ -115,6 +116,43 @@ def cutmix(*, images: jax.Array, targets: jax.Array, permutation: jax.Array,
   return mixed_images, mixed_targets, corrected.astype(images.dtype)
 
 
+def mixup_or_cutmix(*, images: jax.Array, targets: jax.Array, permutation: jax.Array,
+                    mix_ratio: jax.Array, use_cutmix: jax.Array | bool,
+                    rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Mixup where `use_cutmix` is False, CutMix where it is True.
+
+  Semi-ViT's ProbPseudoMixup (`_mix_elem`) draws the choice per example: x~_i is
+  lambda_i x_i + (1 - lambda_i) x_j or x_i with a box of x_j pasted in (area from
+  lambda_i); y~_i mixes with lambda_i or with the box-corrected lambda.
+
+  Args:
+    images: [B, H, W, C].
+    targets: [B, K] one-hot or soft targets (stop-gradient applied).
+    permutation: [B] partner index j.
+    mix_ratio: lambda, scalar or [B].
+    use_cutmix: bool, scalar (whole batch) or [B] (per example).
+    rng: PRNG key for the CutMix boxes; needed unless `use_cutmix` is False.
+
+  Returns:
+    (mixed images, mixed targets [B, K]).
+  """
+  batch_size = images.shape[0]
+  if isinstance(use_cutmix, bool) and not use_cutmix:
+    return mixup(images=images, targets=targets, permutation=permutation,
+                 mix_ratio=mix_ratio)
+  if rng is None:
+    raise ValueError("CutMix (use_cutmix not False) needs an rng for the box positions.")
+  use_cutmix = jnp.broadcast_to(jnp.asarray(use_cutmix, bool), (batch_size,))
+  mixed_up = mixup(images=images, targets=targets, permutation=permutation,
+                   mix_ratio=mix_ratio)
+  cut = cutmix(images=images, targets=targets, permutation=permutation,
+               mix_ratio=mix_ratio, rng=rng)
+  image_choice = use_cutmix.reshape((batch_size,) + (1,) * (images.ndim - 1))
+  mixed_images = jnp.where(image_choice, cut[0], mixed_up[0])
+  mixed_targets = jnp.where(use_cutmix[:, None], cut[1], mixed_up[1])
+  return mixed_images, mixed_targets
+
+
 def probabilistic_pseudo_mixup_ratio(
     *, probs: jax.Array, permutation: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Semi-ViT Eq. 4-5: lambda_i = o_i / (o_i + o_j) and o*_i = max(o_i, o_j).
@@ -136,45 +174,40 @@ def probabilistic_pseudo_mixup_ratio(
 
 def probabilistic_pseudo_mixup(
     *, images: jax.Array, probs: jax.Array, permutation: jax.Array,
-    threshold: float, mode: str = "mixup",
+    threshold: float, use_cutmix: jax.Array | bool = False,
     rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Semi-ViT probabilistic pseudo mixup, Eq. 3-5.
 
   lambda_i = o_i / (o_i + o_j) (Eq. 4); x~_i = lambda_i x_i + (1 - lambda_i) x_j and
   y~_i = lambda_i onehot(y_hat_i) + (1 - lambda_i) onehot(y_hat_j) (Eq. 3); the
   mixed example is kept iff o*_i = max(o_i, o_j) >= tau (Eq. 5), so a noisy example
-  mixed with a confident one contributes, weighted by its confidence.
+  mixed with a confident one contributes, weighted by its confidence. Where
+  `use_cutmix`, example i is CutMix'ed instead (box area from lambda_i, targets from
+  the box-corrected lambda, as the official ProbPseudoMixup).
 
   Args:
     images: [B, H, W, C] strongly augmented unlabelled images.
     probs: [B, C] teacher probabilities of the weak view.
-    permutation: [B] partner index j.
+    permutation: [B] partner index j (the official code: a random permutation).
     threshold: tau.
-    mode: 'mixup', or 'cutmix' (box area from lambda_i, targets from the corrected
-      lambda as CutMix does; needs `rng`). Semi-ViT draws which one per batch.
-    rng: PRNG key for the CutMix boxes.
+    use_cutmix: bool, scalar or [B]: CutMix instead of mixup (the official code
+      draws it per example).
+    rng: PRNG key for the CutMix boxes; needed unless `use_cutmix` is False.
 
   Returns:
     (mixed images, mixed targets [B, C], mask [B] float), targets and mask under
     stop-gradient.
   """
-  if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; known: {MODES}.")
+  chex.assert_rank(probs, 2)
+  chex.assert_shape(permutation, (images.shape[0],))
   probs = jax.lax.stop_gradient(probs)
   mix_ratio, mixed_confidence = probabilistic_pseudo_mixup_ratio(
       probs=probs, permutation=permutation)
   one_hot = jax.nn.one_hot(jnp.argmax(probs, axis=-1), probs.shape[-1],
                            dtype=probs.dtype)
-  if mode == "mixup":
-    mixed_images, mixed_targets = mixup(images=images, targets=one_hot,
-                                        permutation=permutation,
-                                        mix_ratio=mix_ratio)
-  else:
-    if rng is None:
-      raise ValueError("mode='cutmix' needs an rng for the box positions.")
-    mixed_images, mixed_targets, _ = cutmix(
-        images=images, targets=one_hot, permutation=permutation,
-        mix_ratio=mix_ratio, rng=rng)
+  mixed_images, mixed_targets = mixup_or_cutmix(
+      images=images, targets=one_hot, permutation=permutation, mix_ratio=mix_ratio,
+      use_cutmix=use_cutmix, rng=rng)
   mask = (mixed_confidence >= threshold).astype(probs.dtype)
   return (mixed_images, jax.lax.stop_gradient(mixed_targets),
           jax.lax.stop_gradient(mask))

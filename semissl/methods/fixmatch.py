@@ -10,12 +10,17 @@
   gradient; the student sees labelled + strong images. The teacher runs in eval
   mode (as timm's ModelEma: no drop path, BN on its running statistics) unless
   `teacher_train_mode`.
-* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5), `pseudo_mixup=True`: the strong
-  unlabelled batch is mixed with its reverse (timm's pairing), lambda_i =
-  o_i / (o_i + o_j), kept iff max(o_i, o_j) >= tau; mixup or CutMix chosen per
-  batch by a Bernoulli(`switch_prob`) draw (both alphas > 0), the only role of the
-  Beta parameters here (DESIGN.md). `labelled_mixup=True` applies timm-style
-  mixup / CutMix (lambda ~ Beta(alpha)) to the labelled batch.
+* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5), `pseudo_mixup=True`, as the
+  official ProbPseudoMixup (`_mix_elem`): the strong unlabelled batch is paired
+  with a random permutation of itself (example i with j = perm[i]), lambda_i =
+  o_i / (o_i + o_j), kept iff max(o_i, o_j) >= tau; mixup or CutMix chosen PER
+  EXAMPLE by Bernoulli(`switch_prob`) draws when both alphas > 0 (only mixup /
+  only CutMix when one alpha is 0), the only role of the Beta parameters here
+  (lambda is Eq. 4's, as in the official code). The permutation is of the global batch (the official code permutes
+  each GPU's batch), so the step does not depend on the device count.
+  `labelled_mixup=True` applies timm-style mixup / CutMix (timm Mixup's default
+  'batch' mode: the reversed batch, one lambda ~ Beta(alpha) and one mode draw per
+  batch) to the labelled batch.
 * Options: hard or soft targets, temperature, label smoothing (both losses),
   ReMixMatch distribution alignment of the pseudo-label distribution
   (`distribution_alignment=True`: p * p_labelled / mean of the last `da_window`
@@ -45,11 +50,30 @@ UNLABELLED_VIEWS = ("weak", "strong")
 
 
 def choose_cutmix(*, rng: jax.Array, mixup_alpha: float, cutmix_alpha: float,
-                  switch_prob: float) -> jax.Array:
-  """Per-batch mode draw (timm Mixup): CutMix w.p. `switch_prob` if both are on."""
+                  switch_prob: float, shape: tuple[int, ...] = ()) -> jax.Array:
+  """Mode draws (timm Mixup): CutMix w.p. `switch_prob` if both are on, else the one
+  that is on. shape () is one draw per batch, (B,) one per example."""
   if mixup_alpha > 0 and cutmix_alpha > 0:
-    return jax.random.bernoulli(rng, switch_prob)
-  return jnp.asarray(cutmix_alpha > 0)
+    return jax.random.bernoulli(rng, switch_prob, shape)
+  return jnp.full(shape, cutmix_alpha > 0)
+
+
+def pseudo_mixup_draws(*, rng: jax.Array, batch_size: int, mixup_alpha: float,
+                       cutmix_alpha: float,
+                       switch_prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Semi-ViT ProbPseudoMixup's random draws for one batch.
+
+  Returns:
+    (permutation [B] int32: partner j of example i, a uniformly random permutation;
+    use_cutmix [B] bool: CutMix instead of mixup, drawn per example; a PRNG key for
+    the CutMix boxes).
+  """
+  perm_rng, mode_rng, box_rng = jax.random.split(rng, 3)
+  permutation = jax.random.permutation(perm_rng, batch_size).astype(jnp.int32)
+  use_cutmix = choose_cutmix(rng=mode_rng, mixup_alpha=mixup_alpha,
+                             cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
+                             shape=(batch_size,))
+  return permutation, use_cutmix, box_rng
 
 
 @base.register
@@ -154,18 +178,14 @@ class FixMatch(base.Method):
             jnp.where(use_cutmix, cut[1], mixed_up[1]))
 
   def _pseudo_mixup(self, *, images, probs, rng):
-    """Semi-ViT Eq. 3-5 with the per-batch mixup / CutMix choice."""
+    """Semi-ViT Eq. 3-5: random partners, mixup / CutMix chosen per example."""
     cfg = self.config.method
-    mode_rng, box_rng = jax.random.split(rng)
-    permutation = jnp.arange(images.shape[0])[::-1]
-    use_cutmix = choose_cutmix(rng=mode_rng, mixup_alpha=cfg.get("mixup_alpha", 0.8),
-                               cutmix_alpha=cfg.get("cutmix_alpha", 1.0),
-                               switch_prob=cfg.get("switch_prob", 0.5))
-    threshold = cfg.get("threshold", 0.95)
-    mixed = [losses.probabilistic_pseudo_mixup(
-        images=images, probs=probs, permutation=permutation, threshold=threshold,
-        mode=mode, rng=box_rng) for mode in ("mixup", "cutmix")]
-    return tuple(jnp.where(use_cutmix, c, m) for m, c in zip(*mixed))
+    permutation, use_cutmix, box_rng = pseudo_mixup_draws(
+        rng=rng, batch_size=images.shape[0], mixup_alpha=cfg.get("mixup_alpha", 0.8),
+        cutmix_alpha=cfg.get("cutmix_alpha", 1.0), switch_prob=cfg.get("switch_prob", 0.5))
+    return losses.probabilistic_pseudo_mixup(
+        images=images, probs=probs, permutation=permutation,
+        threshold=cfg.get("threshold", 0.95), use_cutmix=use_cutmix, rng=box_rng)
 
   def loss_fn(self, params, batch, *, state, rng):
     cfg = self.config.method

@@ -1,7 +1,11 @@
 """SimMatch (Zheng et al. 2022): semantic + instance similarity with a labelled bank.
 
 One network: encoder F -> linear classifier phi ('head', logits p) and an MLP
-projection head g ('embedding_head', embeddings z). Per step (SimMatch Alg. 1):
+projection head g ('embedding_head', embeddings z): dense -> ReLU -> dense, no batch
+norm, as the official code's `nn.Sequential(Linear, ReLU, Linear)` (ImageNet and
+its CIFAR code in TorchSSL / USB); `embedding_batch_norm=True` puts BN after the
+first dense layer (the head of runs before this option existed; their checkpoints
+load only with it). Per step (SimMatch Alg. 1):
 
 * L_s (Eq. 1): cross-entropy of the weakly augmented labelled images.
 * p_w = DA(softmax(weak logits)) (Eq. 2's DA over the last `da_window` steps);
@@ -11,6 +15,11 @@ projection head g ('embedding_head', embeddings z). Per step (SimMatch Alg. 1):
 * L_in (Eq. 5): H(q_hat, q_s), q_s (Eq. 4) of the strong view's embedding.
 * Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in. During the first
   `instance_warmup_epochs` (1) epochs propagation and L_in are off (p_hat = p_w).
+  This follows the official code, not the paper: the ImageNet code passes
+  `start_unlabel=epoch>0` (epoch 0: loss_in = 0 and p_w unpropagated) and its
+  CIFAR port (TorchSSL / USB) zeroes in_loss and skips propagation when
+  `epoch == 0`; the paper describes no such warm-up (Eq. 6 and Alg. 1 apply L_in
+  and the propagated p_hat at every step). `instance_warmup_epochs=0` is the paper.
 * The bank (Sec. 3.4), one slot per labelled image (slot = batch 'index'), is
   written after the losses with the labels and either
   - 'student_teacher' (large K, ImageNet): the EMA teacher's embeddings (teacher =
@@ -29,7 +38,7 @@ unlabelled 'weak' and 'strong'.
 Config keys (`config.method`): variant, lambda_u, lambda_in, temperature (t),
 alpha, threshold (tau), bank_momentum, da_window, distribution_alignment,
 p_strategy, q_strategy, embedding_dim, embedding_hidden_dim (0: encoder width),
-instance_warmup_epochs, teacher_train_mode.
+embedding_batch_norm (False), instance_warmup_epochs, teacher_train_mode.
 """
 from __future__ import annotations
 
@@ -58,12 +67,14 @@ class SimMatchNetwork(nn.Module):
     num_classes: classifier outputs.
     embedding_dim: projection output width (SimMatch: 128).
     embedding_hidden_dim: projection hidden width (0: D).
+    embedding_batch_norm: BN in the projection head (official SimMatch: none).
   """
 
   backbone: nn.Module
   num_classes: int
   embedding_dim: int = 128
   embedding_hidden_dim: int = 0
+  embedding_batch_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -71,7 +82,8 @@ class SimMatchNetwork(nn.Module):
     logits = models.LinearClassifier(self.num_classes, name="head")(features)
     embeddings = models.MLPHead(
         hidden_dim=self.embedding_hidden_dim or features.shape[-1],
-        out_dim=self.embedding_dim, name="embedding_head")(features, train=train)
+        out_dim=self.embedding_dim, batch_norm=self.embedding_batch_norm,
+        name="embedding_head")(features, train=train)
     return logits, embeddings
 
 
@@ -95,7 +107,8 @@ class SimMatch(base.Method):
     self.model = SimMatchNetwork(
         backbone=networks.build_backbone(config.model), num_classes=info.num_classes,
         embedding_dim=int(cfg.get("embedding_dim", 128)),
-        embedding_hidden_dim=int(cfg.get("embedding_hidden_dim", 0) or 0))
+        embedding_hidden_dim=int(cfg.get("embedding_hidden_dim", 0) or 0),
+        embedding_batch_norm=bool(cfg.get("embedding_batch_norm", False)))
     self.variant = cfg.get("variant", "student_teacher")
     self.num_slots = int(info.num_labelled)
 

@@ -6,7 +6,8 @@
   fine-tuned "from layer k" (SimCLRv2 §2; SemPPL App. A.1 fine-tunes from the
   first layer).
 * `MLPHead`: BYOL / SemPPL projector and predictor: dense(4096) -> BN -> ReLU ->
-  dense(256) (SemPPL §3 "Architecture").
+  dense(256) (SemPPL §3 "Architecture"); with `batch_norm=False` the plain
+  dense -> ReLU -> dense of SimMatch's official projection head.
 * `LinearClassifier`: one dense layer to logits.
 * `Classifier`: backbone -> `LinearClassifier` (supervised baseline).
 
@@ -73,9 +74,14 @@ class ProjectionHead(nn.Module):
 class MLPHead(nn.Module):
   """BYOL / SemPPL MLP: dense(hidden_dim) -> BN -> ReLU -> dense(out_dim).
 
+  Both dense layers have biases. Without `batch_norm` the head is
+  dense -> ReLU -> dense (SimMatch's official head: nn.Linear, ReLU, nn.Linear)
+  and has no 'bn1' parameters or batch statistics.
+
   Attributes:
     hidden_dim: hidden width (SemPPL: 4096).
     out_dim: output width (SemPPL: 256).
+    batch_norm: BN after the first dense layer (BYOL / SemPPL: True).
     bn_momentum: BatchNorm running-average momentum (flax convention).
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
@@ -83,6 +89,7 @@ class MLPHead(nn.Module):
 
   hidden_dim: int = 4096
   out_dim: int = 256
+  batch_norm: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -92,13 +99,14 @@ class MLPHead(nn.Module):
     h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="dense1")(
         x.astype(self.dtype)
     )
-    h = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        name="bn1",
-    )(h)
+    if self.batch_norm:
+      h = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          dtype=self.dtype,
+          name="bn1",
+      )(h)
     h = nn.Dense(self.out_dim, dtype=self.dtype, name="dense2")(nn.relu(h))
     return h.astype(jnp.float32)
 

@@ -159,6 +159,47 @@ def test_crop_always_changes_and_is_deterministic(rgb_image):
   np.testing.assert_array_equal(a, _run(rgb_image, spec))
 
 
+@pytest.mark.parametrize("parity", ["odd", "even"])
+@pytest.mark.parametrize("scale", ["large", "small"])
+def test_semppl_views_crop_every_view(parity, scale):
+  """SemPPL App. E: the random crop is applied to every view."""
+  spec = augment_simclr.semppl_view_spec(parity=parity, scale=scale)
+  assert spec["crop_prob"] == 1.0
+  table12 = augment_simclr.semppl_view_spec(
+      parity=parity, scale=scale, crop_prob=augment_simclr.SEMPPL_TABLE12_CROP_PROB)
+  assert table12["crop_prob"] == 0.5
+  assert {k: v for k, v in table12.items() if k != "crop_prob"} == {
+      k: v for k, v in spec.items() if k != "crop_prob"}
+
+
+def _thumbnail(image, size):
+  """The whole image resized to size x size (what an uncropped view is)."""
+  x = tf.image.resize(tf.constant(image, tf.float32) / 255.0, [size, size],
+                      method="bicubic", antialias=True)
+  return np.clip(x.numpy(), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("parity", ["odd", "even"])
+def test_semppl_small_view_is_a_small_crop_never_a_thumbnail(parity):
+  """A 'small' SemPPL view (area 5-14%) of a distinctive image differs from the
+  whole-image thumbnail for every seed; photometric ops off so only the crop acts."""
+  image = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  photometric_off = {"flip_prob": 0.0, "jitter_prob": 0.0, "grayscale_prob": 0.0,
+                     "blur_prob": 0.0, "solarize_prob": 0.0}
+
+  def uncropped_seeds(spec):
+    thumbnail = _thumbnail(image, spec["size"])
+    return [s for s in range(16)
+            if np.abs(_run(image, spec, seed=(11, s)) - thumbnail).max() < 0.05]
+
+  spec = {**augment_simclr.semppl_view_spec(parity=parity, scale="small", size=16),
+          **photometric_off}
+  assert uncropped_seeds(spec) == []
+  # The test tells the two apart: with Table 12's 50% some views are thumbnails.
+  table12 = {**spec, "crop_prob": augment_simclr.SEMPPL_TABLE12_CROP_PROB}
+  assert 0 < len(uncropped_seeds(table12)) < 16
+
+
 def test_probability_half_applies_sometimes(gray_image):
   spec = {**ALL_OFF, "solarize_prob": 0.5}
   x = gray_image / 255.0

@@ -169,7 +169,7 @@ def test_probabilistic_pseudo_mixup_cutmix_mode():
   images = rand(6, (6, 8, 8, 1)) + 10.0 * np.arange(6)[:, None, None, None]
   mixed, targets, mask = mixing.probabilistic_pseudo_mixup(
       images=f32(images), probs=f32(PROBS), permutation=jnp.asarray(PERM),
-      threshold=0.7, mode="cutmix", rng=jax.random.key(0))
+      threshold=0.7, use_cutmix=True, rng=jax.random.key(0))
   _, _, want_mask = np_pseudo_mixup(images, PROBS, PERM, 0.7)
   np.testing.assert_array_equal(mask, want_mask)  # Eq. 5 on max(o_i, o_j)
   labels = PROBS.argmax(-1)
@@ -177,10 +177,67 @@ def test_probabilistic_pseudo_mixup_cutmix_mode():
     kept = np.isclose(np.asarray(mixed)[i], images[i]).mean()
     want = kept * np.eye(4)[labels[i]] + (1 - kept) * np.eye(4)[labels[j]]
     np.testing.assert_allclose(targets[i], want, rtol=1e-6, atol=1e-7)
-  with pytest.raises(ValueError, match="rng"):
-    mixing.probabilistic_pseudo_mixup(
-        images=f32(images), probs=f32(PROBS), permutation=jnp.asarray(PERM),
-        threshold=0.7, mode="cutmix")
+  for use_cutmix in (True, jnp.ones(6, bool)):
+    with pytest.raises(ValueError, match="rng"):
+      mixing.probabilistic_pseudo_mixup(
+          images=f32(images), probs=f32(PROBS), permutation=jnp.asarray(PERM),
+          threshold=0.7, use_cutmix=use_cutmix)
+
+
+def np_cutmix_from_output(mixed_i, image_i, image_j, lam_i):
+  """Checks that a CutMix'ed example is image_i with one box of image_j; returns the
+  kept fraction (the corrected lambda)."""
+  from_partner = np.all(np.isclose(mixed_i, image_j), axis=-1)
+  from_self = np.all(np.isclose(mixed_i, image_i), axis=-1)
+  assert np.all(from_partner | from_self)
+  area = from_partner.sum()
+  assert area > 0  # every box below is non-empty (lambda <= 2/3 on 8 x 8 images)
+  y0, y1, x0, x1 = box_of(from_partner)
+  assert area == (y1 - y0) * (x1 - x0)
+  height, width = from_partner.shape
+  assert area <= round(height * np.sqrt(1 - lam_i)) * round(width * np.sqrt(1 - lam_i))
+  return 1.0 - area / (height * width)
+
+
+def test_probabilistic_pseudo_mixup_per_example_choice():
+  """Semi-ViT's ProbPseudoMixup: mixup or CutMix chosen for each example."""
+  images = rand(6, (6, 8, 8, 2)) + 10.0 * np.arange(6)[:, None, None, None]
+  use_cutmix = np.array([True, False, True, False, False, True])
+  mixed, targets, mask = mixing.probabilistic_pseudo_mixup(
+      images=f32(images), probs=f32(PROBS), permutation=jnp.asarray(PERM),
+      threshold=0.7, use_cutmix=jnp.asarray(use_cutmix), rng=jax.random.key(5))
+  mixed, targets = np.asarray(mixed), np.asarray(targets)
+  want, want_t, want_mask = np_pseudo_mixup(images, PROBS, PERM, 0.7)
+  np.testing.assert_array_equal(mask, want_mask)  # Eq. 5 whichever the mode
+  conf, one_hot = PROBS.max(-1), np.eye(4)[PROBS.argmax(-1)]
+  for i, j in enumerate(PERM):
+    if use_cutmix[i]:
+      kept = np_cutmix_from_output(mixed[i], images[i], images[j],
+                                   conf[i] / (conf[i] + conf[j]))
+      np.testing.assert_allclose(targets[i], kept * one_hot[i] + (1 - kept) * one_hot[j],
+                                 rtol=1e-6, atol=1e-7)
+    else:  # Eq. 3 mixup: every pixel a blend, none a copy of either image
+      np.testing.assert_allclose(mixed[i], want[i], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(targets[i], want_t[i], rtol=1e-6, atol=1e-7)
+      assert not np.any(np.isclose(mixed[i], images[j]))
+
+
+def test_mixup_or_cutmix_scalar_choice_is_batch_wide():
+  images = rand(8, (6, 8, 8, 1)) + 10.0 * np.arange(6)[:, None, None, None]
+  targets, perm, lam = np.eye(6), np.roll(np.arange(6), 2), np.full(6, 0.6)
+  mixed_up, mixed_up_t = mixing.mixup_or_cutmix(
+      images=f32(images), targets=f32(targets), permutation=jnp.asarray(perm),
+      mix_ratio=f32(lam), use_cutmix=False)
+  want = 0.6 * images + 0.4 * images[perm]
+  np.testing.assert_allclose(mixed_up, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(mixed_up_t, 0.6 * targets + 0.4 * targets[perm], atol=1e-6)
+  cut, cut_t = mixing.mixup_or_cutmix(
+      images=f32(images), targets=f32(targets), permutation=jnp.asarray(perm),
+      mix_ratio=f32(lam), use_cutmix=jnp.asarray(True), rng=jax.random.key(1))
+  for i, j in enumerate(perm):
+    kept = np_cutmix_from_output(np.asarray(cut)[i], images[i], images[j], lam[i])
+    np.testing.assert_allclose(cut_t[i], kept * targets[i] + (1 - kept) * targets[j],
+                               atol=1e-6)
 
 
 def test_sample_mix_ratio_in_unit_interval():
@@ -193,17 +250,21 @@ def test_sharded_equals_unsharded(mesh8):
   images = f32(rand(7, (batch, 4, 4, 3)))
   probs = f32(np_softmax(rand(8, (batch, 5)) * 2))
   perm = jnp.asarray(np.random.default_rng(9).permutation(batch))
+  use_cutmix = jnp.asarray(np.random.default_rng(10).uniform(size=batch) < 0.5)
 
-  def fn(x, p, perm):
+  def fn(x, p, perm, use_cutmix):
     mixup_out = mixing.probabilistic_pseudo_mixup(
         images=x, probs=p, permutation=perm, threshold=0.5)
     cutmix_out = mixing.probabilistic_pseudo_mixup(
-        images=x, probs=p, permutation=perm, threshold=0.5, mode="cutmix",
+        images=x, probs=p, permutation=perm, threshold=0.5, use_cutmix=True,
         rng=jax.random.key(1))
-    return mixup_out, cutmix_out
+    per_example_out = mixing.probabilistic_pseudo_mixup(
+        images=x, probs=p, permutation=perm, threshold=0.5, use_cutmix=use_cutmix,
+        rng=jax.random.key(2))
+    return mixup_out, cutmix_out, per_example_out
 
   sharding = NamedSharding(mesh8, P("data"))
-  sharded = jax.jit(fn, in_shardings=(sharding,) * 3)(images, probs, perm)
-  unsharded = jax.jit(fn)(images, probs, perm)
+  sharded = jax.jit(fn, in_shardings=(sharding,) * 4)(images, probs, perm, use_cutmix)
+  unsharded = jax.jit(fn)(images, probs, perm, use_cutmix)
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(unsharded)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -14,6 +14,7 @@ import pytest
 
 from configs import emateacher_fmnist, fixmatch_cifar, fixmatch_fmnist, semivit_vitb
 from semissl import losses, methods, models
+from semissl.losses import mixing
 from semissl.methods import fixmatch
 from semissl.training import evaluation, optimizers, sharding, train_and_evaluate
 from semissl.training.train_state import TrainState
@@ -186,45 +187,116 @@ def test_ema_teacher_matches_reference(setup, soft_targets):
     assert float(jnp.abs(grads["strong"]).max()) > 0.0
 
 
-def test_probabilistic_pseudo_mixup_matches_reference(setup):
+def _fixed_draws(monkeypatch, permutation, use_cutmix, box_key):
+  """Replaces the method's random draws by given ones; records the call."""
+  calls = []
+
+  def draws(**kwargs):
+    calls.append(kwargs)
+    return jnp.asarray(permutation), jnp.asarray(use_cutmix), box_key
+
+  monkeypatch.setattr(fixmatch, "pseudo_mixup_draws", draws)
+  return calls
+
+
+@pytest.mark.parametrize("choices", ["mixup", "per_example"])
+def test_probabilistic_pseudo_mixup_matches_reference(setup, monkeypatch, choices):
+  """Semi-ViT Eq. 3-5 wired as the official ProbPseudoMixup, given its draws (a
+  permutation, a mode per example, CutMix boxes), against NumPy."""
   state, batch = setup
   method_obj = _method(teacher="ema", pseudo_mixup=True, mixup_alpha=0.8,
-                       cutmix_alpha=0.0, label_smoothing=0.1)
+                       cutmix_alpha=1.0, switch_prob=0.3, label_smoothing=0.1)
   x_l, u_w, u_s, y = _parts(batch)
-  n_l = len(x_l)
+  n_l, n_u, size = len(x_l), len(u_w), u_s.shape[1]
+  perm = np.random.default_rng(3).permutation(n_u)
+  assert not np.array_equal(perm, np.arange(n_u)[::-1])
+  use_cutmix = (np.arange(n_u) % 3 == 1) if choices == "per_example" else np.zeros(n_u, bool)
+  box_key = jax.random.PRNGKey(11)
+  calls = _fixed_draws(monkeypatch, perm, use_cutmix, box_key)
   probs = _softmax(_logits(method_obj, state.target_params, state.target_batch_stats,
                            u_w, train=False))
   conf = probs.max(-1)
-  partner = conf[::-1]  # timm pairs example i with the reversed batch
+  partner = conf[perm]
   method_obj.config.method.threshold = tau = _mid_threshold(np.maximum(conf, partner))
   lam = conf / (conf + partner)  # Semi-ViT Eq. 4
-  mixed = (lam[:, None, None, None] * u_s
-           + (1 - lam[:, None, None, None]) * u_s[::-1]).astype(np.float32)
+  # CutMix boxes: the box of example i has side round(size sqrt(1 - lam_i)) (both
+  # axes, square images) around a centre drawn from the box key; the sides sit
+  # away from .5 so float32 / float64 rounding agree.
+  sides = size * np.sqrt(1 - lam)
+  assert np.all(np.abs(sides - np.floor(sides) - 0.5) > 1e-3)
+  inside, _ = mixing.cutmix_box_mask(rng=box_key, mix_ratio=jnp.asarray(lam),
+                                            batch_size=n_u, height=size, width=size)
+  inside = np.asarray(inside)
+  for i in range(n_u):
+    if use_cutmix[i] and inside[i].any():
+      rows, cols = np.nonzero(inside[i])
+      assert inside[i].sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1) <= round(
+          sides[i]) ** 2
   one_hot = np.eye(NUM_CLASSES)[probs.argmax(-1)]
-  targets = lam[:, None] * one_hot + (1 - lam[:, None]) * one_hot[::-1]
+  mixed, targets = np.empty_like(u_s, np.float64), np.empty((n_u, NUM_CLASSES))
+  for i, j in enumerate(perm):
+    if use_cutmix[i]:
+      mixed[i] = np.where(inside[i][..., None], u_s[j], u_s[i])
+      kept = 1.0 - inside[i].mean()  # CutMix's box-corrected lambda
+    else:
+      mixed[i] = lam[i] * u_s[i] + (1 - lam[i]) * u_s[j]  # Eq. 3
+      kept = lam[i]
+    targets[i] = kept * one_hot[i] + (1 - kept) * one_hot[j]
+  if choices == "per_example":
+    assert 0 < sum(inside[i].any() for i in np.flatnonzero(use_cutmix))
   mask = np.maximum(conf, partner) >= tau  # Eq. 5
   student = _logits(method_obj, state.params, state.batch_stats,
-                    np.concatenate([x_l, mixed]))
+                    np.concatenate([x_l, mixed.astype(np.float32)]))
   expected = (np.mean(_ce(student[:n_l], np.eye(NUM_CLASSES)[y], 0.1))
               + 1.5 * np.mean(mask * _ce(student[n_l:], targets, 0.1)))
   loss, aux = _loss(method_obj, state, batch)
   np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
   np.testing.assert_allclose(float(aux.metrics["mixed_mask_rate"]), mask.mean())
   assert 0.0 < mask.mean() < 1.0
-
-  # CutMix only: the same Eq. 5 mask (it does not depend on the box), a finite loss.
-  method_obj = _method(teacher="ema", pseudo_mixup=True, mixup_alpha=0.0,
-                       cutmix_alpha=1.0, threshold=tau)
-  loss, aux = _loss(method_obj, state, batch)
-  assert np.isfinite(float(loss))
-  np.testing.assert_allclose(float(aux.metrics["mixed_mask_rate"]), mask.mean())
+  assert len(calls) == 1 and calls[0]["batch_size"] == n_u
+  assert (calls[0]["mixup_alpha"], calls[0]["cutmix_alpha"],
+          calls[0]["switch_prob"]) == (0.8, 1.0, 0.3)
 
 
-def test_mode_choice_per_batch():
+def test_pseudo_mixup_draws_are_a_random_permutation_and_per_example_modes():
+  """The official ProbPseudoMixup draws: np.random.permutation partners and a
+  Bernoulli(switch_prob) mode per example (`_params_per_elem`)."""
+  batch = 64
+  draw = jax.jit(functools.partial(fixmatch.pseudo_mixup_draws, batch_size=batch,
+                                   mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))
+  perms, modes = [], []
+  for seed in range(20):
+    perm, use_cutmix, box_key = draw(rng=jax.random.PRNGKey(seed))
+    perm, use_cutmix = np.asarray(perm), np.asarray(use_cutmix)
+    np.testing.assert_array_equal(np.sort(perm), np.arange(batch))  # a permutation
+    assert use_cutmix.shape == (batch,) and use_cutmix.dtype == bool
+    assert 0 < use_cutmix.sum() < batch  # both modes within one batch
+    perms.append(perm)
+    modes.append(use_cutmix)
+  perms, modes = np.stack(perms), np.stack(modes)
+  assert not np.any(np.all(perms == np.arange(batch)[::-1], axis=1))  # not the reverse
+  assert len({p.tobytes() for p in perms}) == len(perms)  # a new one every key
+  # Partner of example 0 spread over the batch; modes Bernoulli(1/2) per example.
+  assert len(set(perms[:, 0])) > 8
+  assert 0.4 < modes.mean() < 0.6
+  # Deterministic in the key.
+  again = draw(rng=jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(np.asarray(again[0]), perms[0])
+  # One alpha off: that mode never drawn.
+  only_cutmix = fixmatch.pseudo_mixup_draws(rng=jax.random.PRNGKey(0), batch_size=8,
+                                            mixup_alpha=0.0, cutmix_alpha=1.0,
+                                            switch_prob=0.5)[1]
+  only_mixup = fixmatch.pseudo_mixup_draws(rng=jax.random.PRNGKey(0), batch_size=8,
+                                           mixup_alpha=0.8, cutmix_alpha=0.0,
+                                           switch_prob=0.5)[1]
+  assert bool(jnp.all(only_cutmix)) and not bool(jnp.any(only_mixup))
+
+
+def test_labelled_mixup_mode_choice_per_batch():
   keys = jax.random.split(jax.random.PRNGKey(0), 400)
   draws = jax.vmap(lambda k: fixmatch.choose_cutmix(
       rng=k, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))(keys)
-  assert 0.4 < float(jnp.mean(draws)) < 0.6
+  assert draws.shape == (400,) and 0.4 < float(jnp.mean(draws)) < 0.6
   assert bool(fixmatch.choose_cutmix(rng=keys[0], mixup_alpha=0.0, cutmix_alpha=1.0,
                                      switch_prob=0.5))
   assert not bool(fixmatch.choose_cutmix(rng=keys[0], mixup_alpha=0.8, cutmix_alpha=0.0,

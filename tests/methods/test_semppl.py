@@ -269,7 +269,8 @@ def test_r50_config_has_the_paper_values():
   for spec in views.values():
     assert (spec.flip_prob, spec.jitter_prob, spec.grayscale_prob) == (0.5, 0.8, 0.2)
     assert (spec.brightness, spec.contrast, spec.saturation, spec.hue) == (0.4, 0.4, 0.2, 0.1)
-    assert tuple(spec.blur_sigma_range) == (0.1, 2.0) and spec.crop_prob == 0.5
+    # App. E: every view, the 96 px small ones included, is random-cropped.
+    assert tuple(spec.blur_sigma_range) == (0.1, 2.0) and spec.crop_prob == 1.0
   assert [tuple(views[v].area_range) for v in ("large1", "large2", "small1")] == [
       (0.14, 1.0), (0.08, 1.0), (0.05, 0.14)]
   assert {views[v].size for v in ("large1", "large2", "large3", "large4")} == {224}
@@ -322,6 +323,20 @@ def test_configs_validate():
     sempl_fmnist.get_config("stage=finetune")
   with pytest.raises(ValueError, match="drop protocol=semppl"):
     sempl_fmnist.get_config("stage=scratch,protocol=semppl")
+
+
+def test_configs_crop_every_view_by_default():
+  """SemPPL App. E: every view is random-cropped; crop_prob=0.5 is Table 12's figure."""
+  for get_config in (sempl_r50.get_config, sempl_fmnist.get_config):
+    default = get_config("small=2") if get_config is sempl_fmnist.get_config else (
+        get_config())
+    views = default.data.unlabelled_views
+    assert {"small1", "small2"} <= set(views)
+    assert {views[v].crop_prob for v in views} == {1.0}
+    arg = "small=2,crop_prob=0.5" if get_config is sempl_fmnist.get_config else (
+        "crop_prob=0.5")
+    table12 = get_config(arg).data.unlabelled_views
+    assert {table12[v].crop_prob for v in table12} == {0.5}
 
 
 def test_fmnist_scratch_is_the_label_only_baseline():

@@ -71,7 +71,7 @@ CASES = {
                                {"threshold": 0.0, "distribution_alignment": True,
                                 "da_window": 4}),
     # Semi-ViT: EMA teacher + probabilistic pseudo mixup (mixup or CutMix drawn per
-    # batch, partners from the reversed global batch).
+    # example, partners from a random permutation of the global batch).
     "emateacher_pseudo_mixup": (
         "emateacher", (("image",), ("weak", "strong")),
         {"threshold": 0.0, "pseudo_mixup": True, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,

@@ -227,6 +227,63 @@ def test_eval_logits_and_features(setup):
   assert logits.shape == (B, NUM_CLASSES) and features.shape == (B, 8)
 
 
+def _head_outputs(method_obj, seed=5):
+  """Init the network; (params, batch_stats, train-mode features and embeddings)."""
+  images = np.random.RandomState(seed).normal(size=(6, SIZE, SIZE, 1)).astype(np.float32)
+  model = method_obj.model
+  variables = model.init({"params": jax.random.PRNGKey(seed)}, images, train=False)
+  (_, embeddings), _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  features, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                            method=lambda module, x, train: module.backbone(x, train=train))
+  return variables, np.asarray(features, np.float64), np.asarray(embeddings, np.float64)
+
+
+def test_projection_head_is_linear_relu_linear_without_batch_norm():
+  """The official SimMatch head: nn.Linear -> ReLU -> nn.Linear (no BN), by default."""
+  method_obj = methods.get_method("simmatch")(_config(), _info())  # no head key given
+  variables, features, embeddings = _head_outputs(method_obj)
+  head = variables["params"]["embedding_head"]
+  assert set(head) == {"dense1", "dense2"}
+  assert "embedding_head" not in variables["batch_stats"]
+  flat = jax.tree_util.tree_flatten_with_path(variables)[0]
+  assert not [p for p, _ in flat if "embedding_head" in jax.tree_util.keystr(p)
+              and "batch_stats" in jax.tree_util.keystr(p)]
+  w1, b1, w2, b2 = (np.asarray(head[layer][k], np.float64)
+                    for layer in ("dense1", "dense2") for k in ("kernel", "bias"))
+  assert w1.shape == (8, 32) and w2.shape == (32, 6)
+  # Train mode: a BN layer would normalise the hidden units over the batch.
+  want = np.maximum(features @ w1 + b1, 0.0) @ w2 + b2
+  np.testing.assert_allclose(embeddings, want, rtol=1e-4, atol=1e-5)
+
+
+def test_projection_head_batch_norm_option():
+  method_obj = methods.get_method("simmatch")(_config(embedding_batch_norm=True), _info())
+  variables, features, embeddings = _head_outputs(method_obj)
+  assert set(variables["params"]["embedding_head"]) == {"dense1", "bn1", "dense2"}
+  assert "bn1" in variables["batch_stats"]["embedding_head"]
+  head = variables["params"]["embedding_head"]
+  w1, b1, w2, b2 = (np.asarray(head[layer][k], np.float64)
+                    for layer in ("dense1", "dense2") for k in ("kernel", "bias"))
+  plain = np.maximum(features @ w1 + b1, 0.0) @ w2 + b2
+  assert not np.allclose(embeddings, plain, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("get_config", [
+    lambda: simmatch_r50.get_config("labels=1pct"),
+    lambda: simmatch_r50.get_config("labels=10pct,runlocal"),
+    lambda: simmatch_cifar.get_config("dataset=cifar100,labels=400"),
+    lambda: simmatch_fmnist.get_config("labels=40"),
+    lambda: simmatch_fmnist.get_config("labels=40,variant=student_teacher"),
+])
+def test_every_config_uses_the_official_head(get_config):
+  config = get_config()
+  assert config.method.embedding_batch_norm is False
+  method_obj = methods.get_method("simmatch")(config, _info())
+  assert method_obj.model.embedding_batch_norm is False
+  # The official warm-up: the instance terms start after the first (scaled) epoch.
+  assert config.method.instance_warmup_epochs > 0
+
+
 @pytest.mark.parametrize("change,match", [
     ({"threshold": 1.5}, r"method.threshold=1.5 must be in \[0, 1\]"),
     ({"threshold": -0.1}, r"method.threshold=-0.1"),

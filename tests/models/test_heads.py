@@ -86,6 +86,27 @@ def test_mlp_head_shapes_and_batch_stats():
   assert models.MLPHead().hidden_dim == 4096 and models.MLPHead().out_dim == 256
 
 
+def test_mlp_head_without_batch_norm_is_linear_relu_linear():
+  """SimMatch's official head: nn.Linear -> ReLU -> nn.Linear, no BN anywhere."""
+  head = models.MLPHead(hidden_dim=32, out_dim=8, batch_norm=False)
+  x = _features((5, 16), seed=3)
+  variables = head.init(jax.random.key(0), x, train=False)
+  assert set(variables) == {"params"}  # no batch_stats collection
+  params = variables["params"]
+  assert set(params) == {"dense1", "dense2"}
+  # Random biases so that a missing or misplaced bias shows.
+  params = jax.tree.map(
+      lambda p: p + 0.1 * _features(p.shape, seed=p.size), params)
+  out, updates = head.apply({"params": params}, x, train=True,
+                            mutable=["batch_stats"])
+  assert not updates  # nothing to update in train mode either
+  w1, b1 = (np.asarray(params["dense1"][k], np.float64) for k in ("kernel", "bias"))
+  w2, b2 = (np.asarray(params["dense2"][k], np.float64) for k in ("kernel", "bias"))
+  want = np.maximum(np.asarray(x, np.float64) @ w1 + b1, 0.0) @ w2 + b2
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out, head.apply({"params": params}, x, train=False))
+
+
 def test_linear_classifier_and_classifier(numpy_variables):
   x = _features((3, 16))
   linear = models.LinearClassifier(num_classes=5)
