@@ -27,8 +27,10 @@ STRONG_VIEW = {"name": "randaugment"}
 NUM_TRAIN_STEPS = 1000
 
 
-def parse_args(arg: str | None) -> ml_collections.ConfigDict:
-  return common.parse_arg(arg, labels="1pct", runlocal=False, dataset="fashion_mnist")
+def parse_args(arg: str | None, **extra) -> ml_collections.ConfigDict:
+  """The family's variants (labels, runlocal, dataset) plus a config's `extra` ones."""
+  return common.parse_arg(arg, labels="1pct", runlocal=False, dataset="fashion_mnist",
+                          **extra)
 
 
 def fmnist_config(args: ml_collections.ConfigDict, *, method_name: str,

@@ -27,6 +27,9 @@ from semissl.losses.consistency import pi_model_loss
 from semissl.losses.consistency import sharpen
 from semissl.losses.consistency import softmax_mse_consistency
 from semissl.losses.consistency import temporal_ensemble_update
+from semissl.losses.consistency import TSA_SCHEDULES
+from semissl.losses.consistency import tsa_cross_entropy
+from semissl.losses.consistency import tsa_threshold
 from semissl.losses.consistency import uda_loss
 from semissl.losses.consistency import VAT_POWER_ITERATIONS
 from semissl.losses.consistency import vat_adversarial_direction

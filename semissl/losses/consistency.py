@@ -6,6 +6,7 @@ Targets (teacher outputs, the other pass, the clean prediction) are always under
 """
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -137,6 +138,53 @@ def uda_loss(*, teacher_logits: jax.Array, student_logits: jax.Array,
                               mask=mask)
   return loss, {"mask": mask, "mask_rate": jnp.mean(mask),
                 "confidences": confidences}
+
+
+TSA_SCHEDULES = ("none", "linear", "log", "exp")
+
+
+def tsa_threshold(*, step: jax.Array, total_steps: int, num_classes: int,
+                  schedule: str) -> jax.Array:
+  """UDA's training signal annealing threshold eta_t (Xie et al. 2020, Sec. 3.5).
+
+  eta_t = alpha_t (1 - 1/K) + 1/K over the progress t/T, with alpha_t = t/T
+  ('linear'), 1 - exp(-5 t/T) ('log') or exp(5 (t/T - 1)) ('exp'); 'none': 1
+  (every labelled example kept). K classes, T = `total_steps`.
+  """
+  if schedule not in TSA_SCHEDULES:
+    raise ValueError(f"Unknown TSA schedule {schedule!r}; known: {', '.join(TSA_SCHEDULES)}.")
+  if schedule == "none":
+    return jnp.ones((), jnp.float32)
+  progress = jnp.asarray(step, jnp.float32) / float(max(total_steps, 1))
+  alpha = {"linear": lambda: progress,
+           "log": lambda: 1.0 - jnp.exp(-5.0 * progress),
+           "exp": lambda: jnp.exp(5.0 * (progress - 1.0))}[schedule]()
+  return alpha * (1.0 - 1.0 / num_classes) + 1.0 / num_classes
+
+
+def tsa_cross_entropy(*, logits: jax.Array, labels: jax.Array,
+                      threshold: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+  """The labelled cross-entropy under training signal annealing (UDA Sec. 3.5).
+
+  An example whose correct-class probability p(y*|x) exceeds eta_t (strict `>`)
+  is removed from the loss (mask under sg); the sum is divided by the number of
+  kept examples, as UDA's code does (0 when none is kept).
+
+  Args:
+    logits: [B, C] labelled logits.
+    labels: [B] integer classes.
+    threshold: eta_t (scalar, `tsa_threshold`).
+
+  Returns:
+    (loss, extras) with 'mask' [B] (1 = kept) and 'kept_rate'.
+  """
+  chex.assert_rank(logits, 2)
+  chex.assert_shape(labels, logits.shape[:1])
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  correct = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  mask = jax.lax.stop_gradient((jnp.exp(correct) <= threshold).astype(logits.dtype))
+  loss = fixmatch.reduce_loss(per_example=-correct, reduction="masked_mean", mask=mask)
+  return loss, {"mask": mask, "kept_rate": jnp.mean(mask)}
 
 
 def _normalize_per_example(d: jax.Array) -> jax.Array:

@@ -113,9 +113,11 @@ class SemiSupervisedClassifier(base.Method):
         label_smoothing=self.option("label_smoothing"))
 
   def combine(self, *, state, batch_stats, labelled_logits, labels,
-              unsupervised_loss, extra_loss=0.0, metrics=None):
-    """L = L_s + mu(t) L_u (+ extra_loss), with the metrics every method reports."""
-    supervised_loss = self.supervised_loss(labelled_logits, labels)
+              unsupervised_loss, extra_loss=0.0, metrics=None, supervised_loss=None):
+    """L = L_s + mu(t) L_u (+ extra_loss), with the metrics every method reports;
+    L_s is `supervised_loss` when given (e.g. UDA's annealed one), else the CE."""
+    if supervised_loss is None:
+      supervised_loss = self.supervised_loss(labelled_logits, labels)
     weight = self.unlabelled_weight(state.step)
     loss = supervised_loss + weight * unsupervised_loss + extra_loss
     metrics = dict(metrics or {})

@@ -5,8 +5,11 @@ unlabelled ('strong': RandAugment) images go through one train-mode batch, as
 UDA's code does. The weak logits are the fixed target (stop-gradient, same
 params): 1[max p(weak) > tau] KL(softmax(z_weak / T) || p(strong))
 (`losses.uda_loss`; UDA's image settings tau = 0.8, T = 0.4, lambda = 1).
-L = CE(labelled) + mu(t) L_u with no ramp-up by default (`method.rampup='none'`).
-Training Signal Annealing (TSA) of the labelled loss is not implemented.
+L = L_s + mu(t) L_u with no ramp-up by default (`method.rampup='none'`).
+L_s is the labelled cross-entropy, or with `method.tsa` = 'linear' | 'log' | 'exp'
+UDA's training signal annealing (Sec. 3.5; `losses.tsa_cross_entropy`): labelled
+examples whose correct-class probability exceeds eta_t are left out, eta_t rising
+from 1/K to 1 over the run ('none', the default: plain cross-entropy).
 Telemetry 'pl_*': argmax of the weak view, its mask rate and masked accuracy.
 """
 from __future__ import annotations
@@ -26,12 +29,15 @@ class UDA(ssc.SemiSupervisedClassifier):
   labelled_view_names = ("image",)
   unlabelled_view_names = ("weak", "strong")
   defaults = {**ssc.SemiSupervisedClassifier.defaults, "rampup": "none",
-              "threshold": 0.8, "temperature": 0.4}
+              "threshold": 0.8, "temperature": 0.4, "tsa": "none"}
 
   def validate(self):
     super().validate()
     self.check_probability("threshold")
     self.check_positive("temperature")
+    if self.option("tsa") not in losses.TSA_SCHEDULES:
+      raise ValueError(f"method.tsa={self.option('tsa')!r}; use one of "
+                       f"{', '.join(losses.TSA_SCHEDULES)}.")
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
@@ -49,6 +55,15 @@ class UDA(ssc.SemiSupervisedClassifier):
     metrics = ssc.target_telemetry(targets=weak_logits,
                                    true_labels=unlabelled.get("true_label"),
                                    mask=extras["mask"])
+    supervised_loss = None
+    if self.option("tsa") != "none":
+      threshold = losses.tsa_threshold(step=state.step, total_steps=self.info.total_steps,
+                                       num_classes=self.info.num_classes,
+                                       schedule=self.option("tsa"))
+      supervised_loss, tsa = losses.tsa_cross_entropy(
+          logits=labelled_logits, labels=labelled["label"], threshold=threshold)
+      metrics.update(tsa_threshold=threshold, tsa_kept_rate=tsa["kept_rate"])
     return self.combine(state=state, batch_stats=batch_stats,
                         labelled_logits=labelled_logits, labels=labelled["label"],
-                        unsupervised_loss=unsupervised, metrics=metrics)
+                        unsupervised_loss=unsupervised, metrics=metrics,
+                        supervised_loss=supervised_loss)

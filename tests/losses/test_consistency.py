@@ -136,6 +136,41 @@ def test_uda_all_masked_and_threshold_at_confidence():
     assert np.all(np.isfinite(grad)) and not np.any(grad)
 
 
+@pytest.mark.parametrize("schedule, alpha", [
+    ("linear", lambda r: r), ("log", lambda r: 1 - np.exp(-5 * r)),
+    ("exp", lambda r: np.exp(5 * (r - 1))), ("none", lambda r: 1.0)])
+def test_tsa_threshold_matches_uda(schedule, alpha):
+  """eta_t = alpha_t (1 - 1/K) + 1/K (UDA Sec. 3.5), from 1/K to 1 except 'exp'."""
+  for step in (0, 25, 50, 100):
+    got = consistency.tsa_threshold(step=jnp.asarray(step), total_steps=100,
+                                    num_classes=10, schedule=schedule)
+    np.testing.assert_allclose(got, alpha(step / 100) * 0.9 + 0.1, rtol=1e-6)
+  with pytest.raises(ValueError, match="Unknown TSA schedule 'cosine'"):
+    consistency.tsa_threshold(step=0, total_steps=1, num_classes=2, schedule="cosine")
+
+
+def test_tsa_cross_entropy_drops_the_confident_correct_examples():
+  logits, labels = rand(11, (8, 4), 2.0), np.arange(8) % 4
+  correct = np_softmax(logits)[np.arange(8), labels]
+  threshold = float(np.median(correct))
+  keep = correct <= threshold
+  assert 0 < keep.sum() < 8  # the test bites: some dropped, some kept
+  want = -(np_log_softmax(logits)[np.arange(8), labels] * keep).sum() / keep.sum()
+  fn = lambda z: consistency.tsa_cross_entropy(  # noqa: E731
+      logits=z, labels=jnp.asarray(labels), threshold=threshold)
+  (loss, extras), grad = jax.value_and_grad(fn, has_aux=True)(f32(logits))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_array_equal(extras["mask"], keep)
+  np.testing.assert_allclose(extras["kept_rate"], keep.mean())
+  # Dropped rows get no gradient; kept rows the CE gradient / kept count.
+  expected = (np_softmax(logits) - np.eye(4)[labels]) * keep[:, None] / keep.sum()
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+  # Nothing kept: loss 0, no NaN.
+  loss = consistency.tsa_cross_entropy(logits=f32(logits), labels=jnp.asarray(labels),
+                                       threshold=0.0)[0]
+  assert float(loss) == 0.0
+
+
 def linear_model(weights):
   return lambda x: x @ weights
 

@@ -212,6 +212,36 @@ def test_uda_threshold_one_masks_everything():
   assert float(aux.metrics["pl_mask_rate"]) == 0.0
 
 
+@pytest.mark.parametrize("schedule, step", [("linear", 0), ("log", 1), ("exp", 3)])
+def test_uda_tsa_anneals_the_labelled_loss(schedule, step):
+  """At `step` of 10 with K = 4 classes the labelled loss is the cross-entropy over
+  the examples whose correct-class probability is <= eta_t (UDA Sec. 3.5)."""
+  method, params, batch, state = _setup("uda", tsa=schedule)
+  state.step = jnp.asarray(step)
+  _, aux = _run(method, params, batch, state)
+  progress = step / 10
+  alpha = {"linear": progress, "log": 1 - np.exp(-5 * progress),
+           "exp": np.exp(5 * (progress - 1))}[schedule]
+  eta = alpha * (1 - 1 / NUM_CLASSES) + 1 / NUM_CLASSES
+  images = jnp.concatenate([batch["labelled"]["images"]["image"],
+                            batch["unlabelled"]["images"]["weak"],
+                            batch["unlabelled"]["images"]["strong"]])
+  logits, _ = method.apply_train(params, state.batch_stats, images,
+                                 rng=jax.random.PRNGKey(1))
+  logits = np.asarray(logits[:NUM_LABELLED], np.float64)
+  labels = np.asarray(batch["labelled"]["label"])
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  correct = log_probs[np.arange(NUM_LABELLED), labels]
+  keep = np.exp(correct) <= eta
+  want = -(correct * keep).sum() / max(keep.sum(), 1)
+  np.testing.assert_allclose(float(aux.metrics["supervised_loss"]), want, rtol=1e-4)
+  np.testing.assert_allclose(float(aux.metrics["tsa_threshold"]), eta, rtol=1e-6)
+  np.testing.assert_allclose(float(aux.metrics["tsa_kept_rate"]), keep.mean())
+  if step == 0:  # eta = 1/K at the start: some examples kept, some dropped
+    assert 0 < keep.sum() < NUM_LABELLED
+
+
 def test_vat_perturbed_passes_leave_batch_stats_and_reproduce_clean_logits():
   method, params, batch, state = _setup("vat", epsilon=1e-6, xi=1e-6)
   _, aux = _run(method, params, batch, state)
@@ -277,6 +307,7 @@ def test_mean_teacher_ema_schedule():
     ("pseudo_label", {"threshold": 1.5}, r"threshold=1.5 must be in \[0, 1\]"),
     ("uda", {"threshold": -0.1}, r"threshold=-0.1 must be in \[0, 1\]"),
     ("uda", {"temperature": 0.0}, "temperature=0.0 must be positive"),
+    ("uda", {"tsa": "cosine"}, "tsa='cosine'; use one of none, linear, log, exp"),
     ("pi_model", {"rampup_steps": -1}, "rampup_steps=-1 must be a non-negative"),
     ("mean_teacher", {"rampup": "cosine"}, "rampup='cosine'; known"),
     ("mixmatch", {"num_augmentations": 0}, r"num_augmentations=0 \(K\) must be"),

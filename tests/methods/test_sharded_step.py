@@ -80,7 +80,9 @@ CASES = {
     "mean_teacher": ("mean_teacher", (("student", "teacher"), ("student", "teacher")),
                      CLASSIC),
     "pseudo_label": ("pseudo_label", (("image",), ("weak",)), {**CLASSIC, "threshold": 0.0}),
-    "uda": ("uda", (("image",), ("weak", "strong")), {**CLASSIC, "threshold": 0.0}),
+    # With training signal annealing: its kept-count normaliser is over the global batch.
+    "uda": ("uda", (("image",), ("weak", "strong")),
+            {**CLASSIC, "threshold": 0.0, "tsa": "exp"}),
     # The exact Hessian power iteration (configs/vat_fmnist.py). The paper's finite
     # difference at xi = 1e-6 sits at float32 resolution (|x| ~ 1), so its r_vadv is
     # dominated by rounding and differs between any two compilations of the same
