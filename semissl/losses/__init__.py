@@ -26,6 +26,7 @@ from semissl.losses.consistency import mean_teacher_loss
 from semissl.losses.consistency import pi_model_loss
 from semissl.losses.consistency import sharpen
 from semissl.losses.consistency import softmax_mse_consistency
+from semissl.losses.consistency import temporal_ensemble_target
 from semissl.losses.consistency import temporal_ensemble_update
 from semissl.losses.consistency import TSA_SCHEDULES
 from semissl.losses.consistency import tsa_cross_entropy

@@ -80,8 +80,27 @@ def temporal_ensemble_update(
     (new Z, bias-corrected targets z~).
   """
   new = alpha * accumulated + (1.0 - alpha) * jax.lax.stop_gradient(predictions)
-  correction = 1.0 - jnp.power(alpha, jnp.asarray(num_updates, new.dtype))
-  return new, new / correction
+  return new, temporal_ensemble_target(accumulated=new, num_updates=num_updates,
+                                       alpha=alpha)[0]
+
+
+def temporal_ensemble_target(*, accumulated: jax.Array, num_updates: jax.Array,
+                             alpha: float) -> tuple[jax.Array, jax.Array]:
+  """The bias-corrected target z~ = Z / (1 - alpha^t) of a prediction EMA Z after t
+  updates (Laine & Aila 2017, Algorithm 2), and whether it exists (t >= 1).
+
+  Args:
+    accumulated: Z [..., C].
+    num_updates: t [...] (integers >= 0).
+    alpha: ensemble momentum.
+
+  Returns:
+    (z~ [..., C], valid [...] float: 1 where t >= 1; z~ = 0 where t = 0).
+  """
+  t = jnp.asarray(num_updates, accumulated.dtype)
+  valid = (t >= 1).astype(accumulated.dtype)
+  correction = 1.0 - jnp.power(alpha, jnp.maximum(t, 1.0))
+  return accumulated / correction[..., None] * valid[..., None], valid
 
 
 def interpolation_consistency_loss(

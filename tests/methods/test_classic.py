@@ -14,7 +14,7 @@ import pytest
 
 from configs import fixmatch_fmnist, meanteacher_fmnist, mixmatch_fmnist, pimodel_fmnist
 from configs import pseudolabel_fmnist, remixmatch_fmnist, supervised_fmnist
-from configs import uda_fmnist, vat_fmnist
+from configs import temporal_ensembling_fmnist, uda_fmnist, vat_fmnist
 from semissl import methods
 from semissl.methods import rampup
 from semissl.training import optimizers, train_and_evaluate
@@ -344,7 +344,8 @@ def test_missing_views_and_mu_fail_in_one_line():
 
 CONFIGS = {"pi_model": pimodel_fmnist, "mean_teacher": meanteacher_fmnist,
            "pseudo_label": pseudolabel_fmnist, "uda": uda_fmnist, "vat": vat_fmnist,
-           "mixmatch": mixmatch_fmnist, "remixmatch": remixmatch_fmnist}
+           "mixmatch": mixmatch_fmnist, "remixmatch": remixmatch_fmnist,
+           "temporal_ensembling": temporal_ensembling_fmnist}
 
 
 def test_configs_hold_the_paper_values_and_the_baseline_split():

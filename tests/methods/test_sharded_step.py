@@ -23,6 +23,7 @@ NUM_CLASSES = 3
 SIZE = 8
 B, MU = 8, 2  # one labelled and two unlabelled images per device
 NUM_LABELLED = 16  # SimMatch bank slots: 2 per device
+NUM_UNLABELLED = 64  # temporal ensemble slots: 8 per device
 LABELLED_LABELS = np.arange(NUM_LABELLED) % NUM_CLASSES
 TOTAL_STEPS = 10
 TINY_RESNET = {"name": "tiny_resnet", "stem_width": 4, "stage_widths": (8,),
@@ -92,6 +93,9 @@ CASES = {
             {**CLASSIC, "entropy_weight": 0.5, "power_iteration": "hessian"}),
     "vat_finite_difference": ("vat", (("image",), ("image",)), {**CLASSIC, "xi": 0.1}),
     "mixmatch": ("mixmatch", (("image",), ("augment0", "augment1")), CLASSIC),
+    # Two steps: the second reads targets the first wrote into the sharded store.
+    "temporal_ensembling": ("temporal_ensembling", (("image",), ("image",)),
+                            {**CLASSIC, "alpha": 0.6}),
 }
 
 
@@ -131,6 +135,7 @@ def _batch(case, seed):
   if unlabelled_views:
     batch["unlabelled"] = {
         "images": images(MU * B, unlabelled_views),
+        "index": rs.permutation(NUM_UNLABELLED)[:MU * B].astype(np.int32),
         "true_label": rs.randint(0, NUM_CLASSES, MU * B).astype(np.int32)}
   if name == "simclr":  # label-free pretraining: unlabelled views only
     del batch["labelled"]
@@ -145,7 +150,7 @@ def _method(case, config=None):
   config = config or _config(case)
   info = methods.DatasetInfo(
       num_classes=NUM_CLASSES, image_shape=(SIZE, SIZE, 1), num_labelled=NUM_LABELLED,
-      num_unlabelled=64, steps_per_epoch=4, total_steps=TOTAL_STEPS,
+      num_unlabelled=NUM_UNLABELLED, steps_per_epoch=4, total_steps=TOTAL_STEPS,
       labelled_labels=LABELLED_LABELS)
   method = methods.get_method(config.method.name)(config, info)
   method.validate()
