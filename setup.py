@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "importlib_resources",  # tfds 4.9.10 imports it without declaring it
     "tensorboard",  # clu.metric_writers needs it, undeclared by clu
     "matplotlib",  # PNG plots in docs
+    "pillow",  # image files for experiments/predict.py (semissl.inference.image_files)
 ]
 
 setuptools.setup(

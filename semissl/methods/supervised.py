@@ -58,3 +58,8 @@ class Supervised(base.Method):
 
   def eval_logits(self, variables, images):
     return self.model.apply(variables, images, train=False)
+
+  def eval_features(self, variables, images):
+    """The backbone's pooled features [B, D] (eval mode)."""
+    backbone = lambda module, x, train: module.backbone(x, train=train)
+    return self.model.apply(variables, images, train=False, method=backbone)

@@ -58,6 +58,13 @@ def has_checkpoint(workdir: str) -> bool:
   return bool(ocp.utils.checkpoint_steps(directory) if directory.is_dir() else [])
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of the latest finalised checkpoint in `workdir`, or None (no restore)."""
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
+  return max(steps) if steps else None
+
+
 def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
   """One-line error unless `workdir` holds a finalised checkpoint (cheap: no restore)."""
   if not has_checkpoint(workdir):
@@ -67,7 +74,7 @@ def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
 
 def load_variables_from(workdir: str, current: dict[str, Any],
                         collections=("params", "batch_stats"), *,
-                        require_all: bool = False) -> dict[str, Any]:
+                        require_all: bool = False, what: str = "init_from") -> dict[str, Any]:
   """`config.init_from`: copies matching variables from another run's latest checkpoint.
 
   Every variable of the other run whose path and shape match one of `current`
@@ -76,12 +83,13 @@ def load_variables_from(workdir: str, current: dict[str, Any],
   error when the other run has no checkpoint, or when a shared path has
   another shape, or when nothing matches (another architecture), or, with
   `require_all` (e.g. a distillation teacher), when any leaf of `current` has no
-  counterpart.
+  counterpart. `what` names the caller in those errors (`semissl.load`: 'workdir').
   """
   directory = workdirs.resolve(workdir) / "checkpoints"
   manager = ocp.CheckpointManager(
       directory, item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True))
+      options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                           create=False))
   step = manager.latest_step() if directory.is_dir() else None
   if step is None:
     raise ValueError(f"config.init_from={workdir!r} has no checkpoint; run that stage first "
@@ -110,15 +118,15 @@ def load_variables_from(workdir: str, current: dict[str, Any],
         return leaf
       value = np.asarray(source[name])
       if value.shape != tuple(leaf.shape):
-        raise ValueError(f"init_from {workdir!r}: {collection}/{name} has shape {value.shape}, "
+        raise ValueError(f"{what} {workdir!r}: {collection}/{name} has shape {value.shape}, "
                          f"this model has {tuple(leaf.shape)}; use the same architecture.")
       matched += 1
       return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
     result[collection] = jax.tree_util.tree_map_with_path(pick, tree)
   if not matched:
-    raise ValueError(f"init_from {workdir!r}: no variable of that checkpoint matches this model "
+    raise ValueError(f"{what} {workdir!r}: no variable of that checkpoint matches this model "
                      "(another architecture?).")
   if require_all and missing:
-    raise ValueError(f"init_from {workdir!r}: {missing[0]} (and {len(missing) - 1} more) are "
+    raise ValueError(f"{what} {workdir!r}: {missing[0]} (and {len(missing) - 1} more) are "
                      "not in that checkpoint; use the same architecture.")
   return result

@@ -5,7 +5,9 @@ Resume order: the latest checkpoint in `workdir` -> `config.init_from`
 restored state is also the position of the data stream, and the step's rng is
 `fold_in(state.rng, step)`, so a resumed run continues exactly. The workdir
 remembers its config (`config.json`): a resume with another experiment's config is
-refused before anything is written (`workdirs.check_and_record_config`).
+refused before anything is written (`workdirs.check_and_record_config`). It also
+records what building the model needs besides the config (`model_info.json`: image
+shape, classes, normalisation), so `semissl.load` needs no data pipeline.
 
 A run stops, without writing a non-finite checkpoint, at the first step whose loss,
 gradient norm or parameter norm is not finite; SIGTERM / SIGINT (or a jax.distributed
@@ -27,8 +29,8 @@ import numpy as np
 from absl import logging
 
 from semissl import methods
-from semissl.training import (checkpointing, evaluation, optimizers, safety, sharding,
-                               workdirs)
+from semissl.training import (checkpointing, evaluation, model_info, optimizers, safety,
+                               sharding, workdirs)
 from semissl.training.metrics import MetricLogger, StepTimer
 from semissl.training.step import make_eval_step, make_train_step
 from semissl.training.train_state import TrainState
@@ -163,6 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   info = _dataset_info(data.info, config, labelled_labels=data.labelled_labels)
   method = methods.get_method(config.method.name)(config, info)
   method.validate()
+  if jax.process_index() == 0:  # what `semissl.load` needs besides config.json
+    model_info.write(workdir, model_info.make_record(
+        config=config, info=info, mean=data.info.mean, std=data.info.std,
+        class_names=data.info.class_names, has_classifier=method.has_classifier))
   per_epoch, total_steps = info.steps_per_epoch, info.total_steps
   lr_batch = int(config.optimizer.get("lr_batch_size", 0) or config.batch_size)
   optimizer, schedule = optimizers.make_optimizer(

@@ -113,7 +113,8 @@ def test_unknown_method_lists_known(tmp_path):
 
 
 def test_jax_packages_do_not_import_tensorflow():
-  code = ("import sys, semissl.losses, semissl.models, semissl.methods, semissl.training; "
+  code = ("import sys, semissl.losses, semissl.models, semissl.methods, semissl.training, "
+          "semissl.inference; "
           "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
