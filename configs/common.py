@@ -48,6 +48,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = {"data": -1}
   config.sharding_rules = ()
   config.batch_size = 64
+  # Gradient accumulation (optax.MultiSteps): k micro-batches of `batch_size` per optimizer
+  # update, so the effective batch (and the one the learning rate is scaled by) is
+  # k * batch_size. Every step count (num_train_steps, num_epochs' updates per epoch,
+  # warm-up, EMA, log / eval / checkpoint intervals, method ramps) counts updates: a paper
+  # run on fewer chips sets batch_size = B / k and grad_accum_steps = k, nothing else.
+  # Not identical to one batch of k * batch_size for batch norm (statistics per
+  # micro-batch, running averages updated every micro-step) nor for batch-level losses
+  # (contrastive negatives, distribution alignment, queue / bank pushes: per micro-batch);
+  # identical without those. Costs one float32 copy of the parameters (the accumulator).
+  # An int >= 1; a resume may not change it (it changes the experiment).
+  config.grad_accum_steps = 1
   config.mu = 0
   config.eval_batch_size = 1000
   config.num_train_steps = 0

@@ -61,7 +61,7 @@ class StepTimer:
     """Means per step since the last lap: `data_wait_ms`, `step_ms`, `data_wait_fraction`
     (wait / step) and `steps_per_sec`; then restarts."""
     elapsed = max(time.perf_counter() - self._start - self._paused, 1e-9)
-    steps = max(int(num_steps), 1)
+    steps = num_steps if num_steps > 0 else 1  # a fraction: updates of accumulated steps
     out = {"data_wait_ms": 1e3 * self._wait / steps, "step_ms": 1e3 * elapsed / steps,
            "data_wait_fraction": min(self._wait / elapsed, 1.0),
            "steps_per_sec": steps / elapsed}
@@ -123,9 +123,16 @@ def quiet_library_logs() -> None:
 
 class MetricLogger:
   """Averages train metrics over `log_every` steps, writes them (TensorBoard +
-  metrics.jsonl) and prints the progress line."""
+  metrics.jsonl) and prints the progress line.
 
-  def __init__(self, workdir: str, *, total_steps: int, log_every: int, start_step: int = 0):
+  With gradient accumulation (`grad_accum_steps` = k > 1) `record_train` is called
+  once per micro-step with the micro-step count; `total_steps`, `log_every`,
+  `start_step` and every written step count optimizer updates (micro-steps // k),
+  the train means average all micro-steps of the interval and the timings are per
+  update."""
+
+  def __init__(self, workdir: str, *, total_steps: int, log_every: int, start_step: int = 0,
+               grad_accum_steps: int = 1):
     """`start_step`: the step a resumed run continues from. Records of later steps
     (logged before a crash, after the last checkpoint) are dropped from
     metrics.jsonl, so they are not written twice, and the last train record up to
@@ -138,6 +145,7 @@ class MetricLogger:
     self.writer = metric_writers.AsyncMultiWriter(summaries)
     self.log_every = max(int(log_every), 1)
     self.total_steps = total_steps
+    self._k = max(int(grad_accum_steps), 1)
     self._pending: list[dict[str, Any]] = []
     self._last: dict[str, float] = {}
     path = workdirs.resolve(workdir) / "metrics.jsonl"
@@ -152,17 +160,19 @@ class MetricLogger:
     writes their means with `timer`'s lap as `train_data_wait_ms`, `train_step_ms`,
     `train_data_wait_fraction` and `train_steps_per_sec`."""
     self._pending.append(metrics)
-    if step % self.log_every == 0 or step == self.total_steps:
+    if step % (self.log_every * self._k) == 0 or step == self.total_steps * self._k:
       fetched = jax.device_get(self._pending)  # blocks until these steps are done
       means = {f"train_{k}" if not k.startswith("train_") else k:
                float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       if timer is not None:
-        means.update({f"train_{k}": v for k, v in timer.lap(len(fetched)).items()})
+        lap = timer.lap(len(fetched) / self._k if self._k > 1 else len(fetched))
+        means.update({f"train_{k}": v for k, v in lap.items()})
       self._pending = []
       self._last = means
-      self._write(step, means)
+      update = step // self._k
+      self._write(update, means)
       if self._main:
-        print(format_progress(step, self.total_steps, means), flush=True)
+        print(format_progress(update, self.total_steps, means), flush=True)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     """Writes and prints other scalars (evaluation)."""

@@ -10,6 +10,14 @@
 Learning rate = base_lr scaled by the batch ('linear': B/256, 'sqrt': sqrt(B),
 'none'), then a schedule with warm-up; `lr_multipliers` ((regex, factor), ...)
 scale the learning rate of parameter groups (optax.multi_transform).
+
+Gradient accumulation (`config.grad_accum_steps` = k > 1): the whole optimizer
+(clipping, weight decay, momentum, schedule) is wrapped in optax.MultiSteps, which
+keeps the running mean of k micro-batch gradients in its state (`acc_grads`, so it
+is checkpointed) and applies the inner optimizer to it on every k-th call; the
+other calls return zero updates. The inner optimizer, and so its schedule, counts
+optimizer updates, not micro-batches; the batch the learning rate is scaled by is
+the effective one, k x the micro-batch (the train loop passes it).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from semissl.losses.ema import byol_cosine_ema_decay, mean_teacher_ema_decay
@@ -101,11 +110,28 @@ def _layer_decay_labels(params: Any, num_layers: int, layer_id_fn) -> Any:
       params)
 
 
+def check_grad_accum_steps(value: Any) -> int:
+  """`config.grad_accum_steps` as an int >= 1, else a one-line ValueError."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"config.grad_accum_steps={value!r} must be an integer >= 1 (the "
+                     "micro-batches averaged per optimizer update; 1: no accumulation).")
+  return int(value)
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int, total_steps: int,
                    steps_per_epoch: int,
-                   layer_id_fn: Callable[[tuple[str, ...], int], int] | None = None
+                   layer_id_fn: Callable[[tuple[str, ...], int], int] | None = None,
+                   grad_accum_steps: int = 1
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule) for config `opt`."""
+  """Returns (optimizer, learning-rate schedule) for config `opt`.
+
+  `batch_size` is the batch the learning rate is scaled by (the effective batch,
+  micro-batch x `grad_accum_steps`); `total_steps` and `steps_per_epoch` count
+  optimizer updates, as the schedule does. With `grad_accum_steps` > 1 the optimizer
+  is optax.MultiSteps around the one below (see the module docstring); 1 returns it
+  unwrapped, so its state keeps the layout of runs without accumulation.
+  """
+  grad_accum_steps = check_grad_accum_steps(grad_accum_steps)
   peak_lr = scaled_learning_rate(opt, batch_size)
   warmup_steps = int(opt.get("warmup_steps", 0) or
                      round(opt.get("warmup_epochs", 0) * steps_per_epoch))
@@ -147,6 +173,9 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int, total_ste
   clip = opt.get("grad_clip_norm", None)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  if grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps,
+                          use_grad_mean=True).gradient_transformation()
   return tx, schedule
 
 

@@ -4,6 +4,17 @@ The step is a pure function TrainState x batch -> TrainState x metrics, jitted
 with NamedShardings on the mesh and the state donated. The batch is sharded
 over `data`; batch norm inside the method's apply sees the global batch (XLA
 inserts the cross-device reductions, no `axis_name`).
+
+Gradient accumulation (`grad_accum_steps` = k > 1, the optimizer an optax.MultiSteps):
+one call is one micro-step on one batch; `state.step` counts micro-steps (it is
+the data-stream position and the rng's fold-in) and `state.step // k` the optimizer
+updates. Parameters move on every k-th micro-step only; the learning-rate metric,
+the EMA decay and the step the method sees (`state.step` inside `loss_fn`: its
+ramps and warm-ups) are those of the update count, and the EMA target moves once
+per update, after the parameters. Batch-norm statistics and `method_state` (queues,
+banks, distribution-alignment windows) still change on every micro-step, from that
+micro-batch alone, and `loss` / `grad_norm` are the micro-batch's (README, gradient
+accumulation).
 """
 from __future__ import annotations
 
@@ -14,31 +25,44 @@ import jax.numpy as jnp
 import optax
 
 from semissl.methods.base import Method
+from semissl.training.optimizers import check_grad_accum_steps
 from semissl.training.sharding import batch_sharding, replicated
 from semissl.training.train_state import TrainState
 
 
 def make_train_step(method: Method, optimizer: optax.GradientTransformation, *,
                     lr_schedule: optax.Schedule, ema_decay_fn: Callable[[jax.Array], jax.Array],
-                    mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
-  """Returns jitted `train_step(state, batch) -> (state, metrics)`."""
+                    mesh: jax.sharding.Mesh, state_shardings: Any,
+                    grad_accum_steps: int = 1) -> Callable:
+  """Returns jitted `train_step(state, batch) -> (state, metrics)`.
+
+  `grad_accum_steps` must be the k `optimizer` accumulates over (optax.MultiSteps,
+  `optimizers.make_optimizer(..., grad_accum_steps=k)`); `lr_schedule` and
+  `ema_decay_fn` take the optimizer update count.
+  """
+  k = check_grad_accum_steps(grad_accum_steps)
 
   def train_step(state: TrainState, batch: Any):
     rng = jax.random.fold_in(state.rng, state.step)
+    update_step = state.step // k  # optimizer updates before this micro-step
+    method_view = state.replace(step=update_step) if k > 1 else state
     grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, batch, state=state, rng=rng)
+    (loss, aux), grads = grad_fn(state.params, batch, state=method_view, rng=rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = ema_decay_fn(state.step)
+    params = optax.apply_updates(state.params, updates)  # zero updates mid-accumulation
+    decay = ema_decay_fn(update_step)
+    rate = 1.0 - decay
+    if k > 1:  # the target moves with the parameters: on the update's last micro-step
+      rate = jnp.where(state.step % k == k - 1, rate, 0.0)
     # target <- decay * target + (1 - decay) * online
-    target_params = optax.incremental_update(params, state.target_params, 1.0 - decay)
+    target_params = optax.incremental_update(params, state.target_params, rate)
     target_batch_stats = optax.incremental_update(aux.batch_stats, state.target_batch_stats,
-                                                  1.0 - decay)
+                                                  rate)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state,
         target_params=target_params, target_batch_stats=target_batch_stats,
         method_state=aux.method_state)
-    metrics = dict(aux.metrics, loss=loss, learning_rate=lr_schedule(state.step),
+    metrics = dict(aux.metrics, loss=loss, learning_rate=lr_schedule(update_step),
                    grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
                    ema_decay=decay)
     return new_state, metrics

@@ -13,6 +13,15 @@ A run stops, without writing a non-finite checkpoint, at the first step whose lo
 gradient norm or parameter norm is not finite; SIGTERM / SIGINT (or a jax.distributed
 preemption notice) save and raise `safety.Interrupted`; a failed checkpoint write
 stops the run at the next step (`safety.SaveError`). See training/safety.py.
+
+Gradient accumulation (`config.grad_accum_steps` = k): the loop runs k train steps
+(micro-batches of `config.batch_size`) per optimizer update. Every step count of
+the config (`num_train_steps`, `num_epochs` through updates per epoch, warm-up,
+`log/eval/checkpoint_every_steps`, the methods' ramps) counts optimizer updates, as
+metrics.jsonl, the progress line and results.json do; `state.step`, the data
+position, the rng, the checkpoint directory names and non-finite-step errors count
+micro-batches. A stop (signal, preemption) may land mid-accumulation: the partial
+mean gradient is in the optimizer state, so the resume is exact.
 """
 from __future__ import annotations
 
@@ -45,9 +54,15 @@ def _dataset_info(info, config, labelled_labels=None) -> methods.DatasetInfo:
                              labelled_labels=labelled_labels)
 
 
+def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """k, the micro-batches per optimizer update (`config.grad_accum_steps`, default 1)."""
+  return optimizers.check_grad_accum_steps(config.get("grad_accum_steps", 1))
+
+
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """One-line errors for bad input, raised before any data is read or compiled."""
   methods.get_method(config.method.name)  # unknown names list the known ones
+  grad_accum_steps(config)
   if config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size} must be positive.")
   sharding.check_divisible("batch_size", config.batch_size, mesh)
@@ -60,11 +75,19 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
 
 
 def steps_per_epoch(config, info) -> int:
-  """An epoch is a pass over the unlabelled stream if there is one, else the labelled."""
-  mu = config.get("mu", 0)
+  """Optimizer updates per epoch: an epoch is a pass over the unlabelled stream if
+  there is one, else the labelled, in effective batches (x `grad_accum_steps`)."""
+  mu, k = config.get("mu", 0), grad_accum_steps(config)
   if mu and config.data.get("unlabelled_views"):
-    return max(info.num_unlabelled // int(mu * config.batch_size), 1)
-  return max(info.num_labelled // config.batch_size, 1)
+    return max(info.num_unlabelled // (int(mu * config.batch_size) * k), 1)
+  return max(info.num_labelled // (config.batch_size * k), 1)
+
+
+def lr_batch_size(config) -> int:
+  """The batch the learning rate is scaled by: `optimizer.lr_batch_size` if set, else the
+  effective batch, `batch_size` x `grad_accum_steps`."""
+  return int(config.optimizer.get("lr_batch_size", 0) or
+             config.batch_size * grad_accum_steps(config))
 
 
 def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=()):
@@ -151,9 +174,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                               write=jax.process_index() == 0)
   if accepted:
     logging.warning("Resuming with changed config: %s", "; ".join(accepted))
-  manager = checkpointing.make_manager(
+  k = grad_accum_steps(config)
+  manager = checkpointing.make_manager(  # orbax counts micro-steps (state.step)
       workdir, max_to_keep=config.get("keep_checkpoints", 3),
-      save_interval_steps=config.get("checkpoint_every_steps", 1000))
+      save_interval_steps=config.get("checkpoint_every_steps", 1000) * k)
   latest = manager.latest_step()
   start_step = int(latest) if latest is not None else 0
 
@@ -170,10 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         config=config, info=info, mean=data.info.mean, std=data.info.std,
         class_names=data.info.class_names, has_classifier=method.has_classifier))
   per_epoch, total_steps = info.steps_per_epoch, info.total_steps
-  lr_batch = int(config.optimizer.get("lr_batch_size", 0) or config.batch_size)
   optimizer, schedule = optimizers.make_optimizer(
-      config.optimizer, batch_size=lr_batch, total_steps=total_steps,
-      steps_per_epoch=per_epoch, layer_id_fn=getattr(method, "layer_id_fn", None))
+      config.optimizer, batch_size=lr_batch_size(config), total_steps=total_steps,
+      steps_per_epoch=per_epoch, layer_id_fn=getattr(method, "layer_id_fn", None),
+      grad_accum_steps=k)
 
   train_iter = data.train_iter()
   first_batch = sharding.global_batch(next(train_iter), mesh)
@@ -198,18 +222,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ema_fn = lambda step: optimizers.ema_decay(config, step, total_steps)
   train_step = make_train_step(method, optimizer, lr_schedule=schedule, ema_decay_fn=ema_fn,
-                               mesh=mesh, state_shardings=state_shardings)
+                               mesh=mesh, state_shardings=state_shardings,
+                               grad_accum_steps=k)
   eval_step = make_evaluator(method, config=config, mesh=mesh, state_shardings=state_shardings)
   logger = MetricLogger(workdir, total_steps=total_steps,
                         log_every=config.get("log_every_steps", 50),
-                        start_step=int(jax.device_get(state.step)))
+                        start_step=int(jax.device_get(state.step)) // k, grad_accum_steps=k)
 
   with safety.StopSignals() as signals:
     try:
       outcome = _train(state, first_batch, train_step=train_step, train_iter=train_iter,
                        eval_step=eval_step, data=data, mesh=mesh, manager=manager,
                        logger=logger, signals=signals, config=config, workdir=workdir,
-                       total_steps=total_steps)
+                       total_steps=total_steps, grad_accum_steps=k)
     except safety.Interrupted as interrupted:
       _write_results(workdir, config, dict(logger.last_train_metrics(), step=interrupted.step),
                      status="interrupted", signal=safety.signal_name(interrupted.signum))
@@ -244,14 +269,20 @@ def _save_error_line(workdir: str, error: BaseException) -> str:
 
 
 def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manager, logger,
-           signals, config, workdir, total_steps):
-  """The loop proper; returns (final step, final eval metrics, train seconds)."""
+           signals, config, workdir, total_steps, grad_accum_steps=1):
+  """The loop proper; returns (final update count, final eval metrics, train seconds).
+
+  `step` counts train steps (micro-batches, = state.step); with k = `grad_accum_steps`
+  the run ends after `total_steps` (updates) x k of them, evaluates every
+  `eval_every_steps` x k, and reports optimizer updates (step // k)."""
+  k = grad_accum_steps
   step = int(jax.device_get(state.step))
   first_step = step
   start_time = time.time()
   timer = StepTimer()  # train_step_ms / train_data_wait_ms: see StepTimer
   guard = safety.FiniteGuard(workdir)
-  eval_every = config.get("eval_every_steps", 0)
+  eval_every = config.get("eval_every_steps", 0) * k
+  total_updates, total_steps = total_steps, total_steps * k
 
   metrics = None  # the last step's (device) metrics
 
@@ -283,7 +314,7 @@ def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manag
       guard.check_now(step, metrics)  # no evaluation of a diverged state
       with timer.paused():
         eval_metrics = evaluate(eval_step, state, data, mesh)
-        logger.write(step, eval_metrics)
+        logger.write(step // k, eval_metrics)
     save()
     preempted = manager.reached_preemption(step)
     if signals.stop_requested or preempted:
@@ -292,13 +323,16 @@ def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manag
       signum = signals.received if signals.received is not None else signal.SIGTERM
       cause = (safety.signal_name(signum) if signals.received is not None
                else "a preemption notice")
+      where = f"{step // k} of {total_updates}"
+      if step % k:
+        where += f" (+{step % k} of {k} micro-batches accumulated)"
       raise safety.Interrupted(
-          f"stopped by {cause} at step {step} of {total_steps}; checkpoint saved in "
-          f"{workdir}; rerun the same command to resume.", step=step, signum=signum)
+          f"stopped by {cause} at step {where}; checkpoint saved in "
+          f"{workdir}; rerun the same command to resume.", step=step // k, signum=signum)
 
   if metrics is not None:
     guard.check_now(step, metrics)
   eval_metrics = evaluate(eval_step, state, data, mesh)
-  logger.write(step, eval_metrics)
+  logger.write(step // k, eval_metrics)
   save(force=True)
-  return step, eval_metrics, time.time() - start_time
+  return step // k, eval_metrics, time.time() - start_time

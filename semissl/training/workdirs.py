@@ -25,6 +25,10 @@ RESUMABLE_KEYS = (
     "data.data_dir", "data.tf_threads", "data.prefetch", "data.storage",
     "data.max_memory_bytes", "data.index_cache_dir", "data.index_wait_s",
 )
+# Keys added after workdirs were written, with the value a config without them has in
+# effect: a config.json (or config) without the key compares as that value.
+# `grad_accum_steps` is not resumable: it changes the effective batch.
+ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1}
 
 
 def resolve(workdir: str | os.PathLike) -> epath.Path:
@@ -125,7 +129,8 @@ def _resumable(key: str, allowed: Iterable[str]) -> bool:
 def config_changes(recorded: dict, current: dict, *, allowed: Iterable[str] = ()) -> list[str]:
   """'key (old -> new)' for each leaf that differs, except `RESUMABLE_KEYS` and
   `allowed` (keys or key prefixes)."""
-  old, new = _flatten(recorded), _flatten(current)
+  old = {**ADDED_KEY_DEFAULTS, **_flatten(recorded)}
+  new = {**ADDED_KEY_DEFAULTS, **_flatten(current)}
   changes = []
   for key in sorted(set(old) | set(new)):
     if _resumable(key, allowed):

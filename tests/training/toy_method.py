@@ -1,4 +1,7 @@
-"""A tiny method (conv + BN + dense, cross-entropy) to test the engine alone."""
+"""A tiny method (conv + BN + dense, cross-entropy) to test the engine alone.
+
+`config.toy.batch_norm=False` drops the BN layer and `config.toy.noise=0` the
+rng-dependent logit noise (gradient-accumulation tests need both)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,11 +16,13 @@ from semissl.training.train_loop import create_state
 
 class ToyNet(nn.Module):
   num_classes: int = 3
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x, *, train):
     x = nn.Conv(4, (3, 3))(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     x = nn.relu(x).mean(axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
@@ -27,7 +32,9 @@ class ToyMethod(base.Method):
 
   def __init__(self, config, info):
     super().__init__(config, info)
-    self.model = ToyNet(info.num_classes)
+    toy = config.get("toy", {})
+    self.model = ToyNet(info.num_classes, batch_norm=toy.get("batch_norm", True))
+    self.noise = toy.get("noise", 1e-3)
 
   def init(self, rng, example_batch):
     return dict(self.model.init(rng, example_batch["labelled"]["images"]["image"], train=False)), {
@@ -39,7 +46,7 @@ class ToyMethod(base.Method):
                                        labelled["images"]["image"], train=True,
                                        mutable=["batch_stats"])
     # rng-dependent term, so resume tests also check the step rng.
-    noise = 1e-3 * jax.random.normal(rng, logits.shape)
+    noise = self.noise * jax.random.normal(rng, logits.shape)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits + noise, labelled["label"]).mean()
     method_state = {"seen": state.method_state["seen"] + labelled["label"].shape[0]}
     return loss, base.StepAux(updates["batch_stats"], method_state, {"train_top1": loss * 0})
@@ -69,18 +76,23 @@ def toy_batch(seed, batch_size=16):
       "label": rs.randint(0, 3, size=(batch_size,)).astype(np.int32)}}
 
 
-def toy_training_setup(devices=None, total_steps=10):
-  """(mesh, state at step 0, train_step, state shardings, method) of the toy method."""
+def toy_training_setup(devices=None, total_steps=10, *, config=None, grad_accum_steps=1,
+                       batch_size=16, method_cls=ToyMethod):
+  """(mesh, state at step 0, train_step, state shardings, method) of the toy method.
+
+  `total_steps` counts optimizer updates of `grad_accum_steps` micro-batches of
+  `batch_size` each."""
   mesh = sharding.make_mesh({"data": -1}, devices=devices)
-  config = toy_config()
-  method = ToyMethod(config, toy_info())
-  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=16,
-                                           total_steps=total_steps, steps_per_epoch=4)
-  first = sharding.global_batch(toy_batch(0), mesh)
+  config = config or toy_config()
+  method = method_cls(config, toy_info())
+  tx, schedule = optimizers.make_optimizer(
+      config.optimizer, batch_size=batch_size * grad_accum_steps, total_steps=total_steps,
+      steps_per_epoch=4, grad_accum_steps=grad_accum_steps)
+  first = sharding.global_batch(toy_batch(0, batch_size), mesh)
   state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=first,
                                   mesh=mesh)
   train_step = step_lib.make_train_step(
       method, tx, lr_schedule=schedule,
       ema_decay_fn=lambda s: optimizers.ema_decay(config, s, total_steps), mesh=mesh,
-      state_shardings=shardings)
+      state_shardings=shardings, grad_accum_steps=grad_accum_steps)
   return mesh, state, train_step, shardings, method
