@@ -27,8 +27,10 @@ RESUMABLE_KEYS = (
 )
 # Keys added after workdirs were written, with the value a config without them has in
 # effect: a config.json (or config) without the key compares as that value.
-# `grad_accum_steps` is not resumable: it changes the effective batch.
-ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1}
+# `grad_accum_steps` is not resumable: it changes the effective batch. (Not here:
+# SimMatch's `method.embedding_batch_norm`, whose old behaviour is True, not its new
+# default, so an old SimMatch workdir is refused rather than resumed without its BN.)
+ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1, "model.dtype": "float32", "method.tsa": "none"}
 
 
 def resolve(workdir: str | os.PathLike) -> epath.Path:

@@ -60,3 +60,17 @@ def test_json_lines_on_object_stores_rewrite_the_object_and_keep_old_lines():
   writer.write({"step": 3})
   writer.close()
   assert [json.loads(line)["step"] for line in path.text.splitlines()] == [1, 2, 3]
+
+
+def test_keys_added_later_compare_as_their_old_behaviour():
+  """A config.json written before model.dtype / grad_accum_steps / method.tsa existed
+  resumes under today's defaults, and is refused when the new key is changed."""
+  recorded = {"batch_size": 64, "model": {"name": "tiny_resnet"}, "method": {"name": "uda"}}
+  current = {"batch_size": 64, "grad_accum_steps": 1,
+             "model": {"name": "tiny_resnet", "dtype": "float32"},
+             "method": {"name": "uda", "tsa": "none"}}
+  assert workdirs.config_changes(recorded, current) == []
+  current["model"]["dtype"] = "bfloat16"
+  current["method"]["tsa"] = "exp"
+  assert workdirs.config_changes(recorded, current) == [
+      "method.tsa ('none' -> 'exp')", "model.dtype ('float32' -> 'bfloat16')"]
