@@ -14,7 +14,7 @@ import pytest
 
 from configs import fixmatch_fmnist, meanteacher_fmnist, mixmatch_fmnist, pimodel_fmnist
 from configs import pseudolabel_fmnist, remixmatch_fmnist, supervised_fmnist
-from configs import temporal_ensembling_fmnist, uda_fmnist, vat_fmnist
+from configs import ict_fmnist, temporal_ensembling_fmnist, uda_fmnist, vat_fmnist
 from semissl import methods
 from semissl.methods import rampup
 from semissl.training import optimizers, train_and_evaluate
@@ -30,6 +30,7 @@ VIEWS = {  # method -> (labelled views, unlabelled views)
     "uda": (("image",), ("weak", "strong")),
     "vat": (("image",), ("image",)),
     "mixmatch": (("image",), ("augment0", "augment1")),
+    "ict": (("image",), ("image",)),
 }
 TINY_RESNET = {"name": "tiny_resnet", "stem_width": 4, "stage_widths": (4,),
                "stage_strides": (2,)}
@@ -242,6 +243,38 @@ def test_uda_tsa_anneals_the_labelled_loss(schedule, step):
     assert 0 < keep.sum() < NUM_LABELLED
 
 
+def test_ict_matches_mixed_teacher_reference():
+  """Student on lambda u + (1 - lambda) u[pi] against lambda p' + (1 - lambda) p'[pi]
+  of the EMA teacher (Verma et al. Algorithm 1), with the step's own draws; no
+  gradient reaches the teacher."""
+  from semissl.methods import ict
+  method, params, batch, state = _setup("ict", mixup_alpha=0.5)
+  _, aux = _run(method, params, batch, state)
+  mix_rng, student_rng, teacher_rng = jax.random.split(jax.random.PRNGKey(1), 3)
+  perm, ratio = ict.ict_draws(mix_rng, NUM_UNLABELLED, 0.5)
+  perm, ratio = np.asarray(perm), float(ratio)
+  assert sorted(perm) == list(range(NUM_UNLABELLED)) and 0 < ratio < 1
+  u = np.asarray(batch["unlabelled"]["images"]["image"])
+  mixed = ratio * u + (1 - ratio) * u[perm]
+  student, _ = method.apply_train(
+      params, state.batch_stats,
+      jnp.concatenate([batch["labelled"]["images"]["image"], jnp.asarray(mixed)]),
+      rng=student_rng)
+  teacher, _ = method.apply_train(state.target_params, state.target_batch_stats,
+                                  jnp.asarray(u), rng=teacher_rng)
+  softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(
+      z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  p_teacher = softmax(np.asarray(teacher, np.float64))
+  target = ratio * p_teacher + (1 - ratio) * p_teacher[perm]
+  want = np.mean((softmax(np.asarray(student[NUM_LABELLED:], np.float64)) - target) ** 2)
+  np.testing.assert_allclose(float(aux.metrics["unsupervised_loss"]), want, rtol=1e-4)
+  np.testing.assert_allclose(float(aux.metrics["mix_ratio"]), ratio, rtol=1e-6)
+  teacher_grad = jax.grad(lambda t: method.loss_fn(
+      params, batch, state=types.SimpleNamespace(**{**vars(state), "target_params": t}),
+      rng=jax.random.PRNGKey(1))[0])(state.target_params)
+  assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(teacher_grad))
+
+
 def test_vat_perturbed_passes_leave_batch_stats_and_reproduce_clean_logits():
   method, params, batch, state = _setup("vat", epsilon=1e-6, xi=1e-6)
   _, aux = _run(method, params, batch, state)
@@ -316,6 +349,7 @@ def test_mean_teacher_ema_schedule():
     ("vat", {"epsilon": 0.0}, "epsilon=0.0 must be positive"),
     ("vat", {"power_iteration": "exact"}, "power_iteration='exact'; use one of"),
     ("vat", {"unlabelled_weight": -1.0}, "unlabelled_weight=-1.0 must be non-negative"),
+    ("ict", {"mixup_alpha": 0.0}, "mixup_alpha=0.0 must be positive"),
 ])
 def test_bad_method_config_fails_in_one_line(name, overrides, match):
   info = methods.DatasetInfo(num_classes=NUM_CLASSES, image_shape=(SIZE, SIZE, 1),
@@ -345,7 +379,7 @@ def test_missing_views_and_mu_fail_in_one_line():
 CONFIGS = {"pi_model": pimodel_fmnist, "mean_teacher": meanteacher_fmnist,
            "pseudo_label": pseudolabel_fmnist, "uda": uda_fmnist, "vat": vat_fmnist,
            "mixmatch": mixmatch_fmnist, "remixmatch": remixmatch_fmnist,
-           "temporal_ensembling": temporal_ensembling_fmnist}
+           "temporal_ensembling": temporal_ensembling_fmnist, "ict": ict_fmnist}
 
 
 def test_configs_hold_the_paper_values_and_the_baseline_split():

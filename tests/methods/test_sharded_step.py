@@ -93,6 +93,8 @@ CASES = {
             {**CLASSIC, "entropy_weight": 0.5, "power_iteration": "hessian"}),
     "vat_finite_difference": ("vat", (("image",), ("image",)), {**CLASSIC, "xi": 0.1}),
     "mixmatch": ("mixmatch", (("image",), ("augment0", "augment1")), CLASSIC),
+    # The permutation pairs examples across devices (global batch).
+    "ict": ("ict", (("image",), ("image",)), {**CLASSIC, "mixup_alpha": 1.0}),
     # Two steps: the second reads targets the first wrote into the sharded store.
     "temporal_ensembling": ("temporal_ensembling", (("image",), ("image",)),
                             {**CLASSIC, "alpha": 0.6}),
