@@ -43,6 +43,19 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
   return totals
 
 
+def largest_collectives(hlo_text: str, top: int = 3) -> list[str]:
+  """The `top` largest collective results of an HLO module: 'kind dtype[shape]'."""
+  found = []
+  for line in hlo_text.splitlines():
+    match = re.search(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(", line)
+    if not match:
+      continue
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+      size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+      found.append((size * _DTYPE_BYTES.get(dtype, 4), f"{match.group(2)} {dtype}[{dims}]"))
+  return [name for _, name in sorted(found, reverse=True)[:top]]
+
+
 def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of a float32 [n,n]x[n,n] matmul on the default device (best of repeats)."""
   import jax

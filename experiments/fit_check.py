@@ -143,6 +143,8 @@ def fit_check(config, *, device_memory_gib: float, device: str) -> dict:
       "verdict": "fits" if fits else "does not fit",
       "GFLOP/image": flops / images / 1e9,
       "collective MiB/dev": sum(collectives.values()) / 2 ** 20,
+      "by kind MiB": ", ".join(f"{k} {v / 2 ** 20:.0f}" for k, v in collectives.items() if v),
+      "largest": "; ".join(bench_utils.largest_collectives(compiled.as_text())),
       "gradient MiB": grad_bytes / 2 ** 20,
   }
 
