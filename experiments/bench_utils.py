@@ -30,30 +30,31 @@ def define_config_flag():
   return config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=False)
 
 
-def collective_bytes(hlo_text: str) -> dict[str, int]:
-  """Bytes of the results of each collective op kind in an HLO module's text."""
-  totals = {name: 0 for name in _COLLECTIVES}
+def _collective_results(hlo_text: str):
+  """(kind, 'dtype[dims]', bytes) of each result of each collective in an HLO module."""
+  pattern = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(")
   for line in hlo_text.splitlines():
-    match = re.search(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(", line)
+    match = pattern.search(line)
     if not match:
       continue
     for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
       size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-      totals[match.group(2)] += size * _DTYPE_BYTES.get(dtype, 4)
+      yield match.group(2), f"{dtype}[{dims}]", size * _DTYPE_BYTES.get(dtype, 4)
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """Bytes of the results of each collective op kind in an HLO module's text."""
+  totals = {name: 0 for name in _COLLECTIVES}
+  for kind, _, size in _collective_results(hlo_text):
+    totals[kind] += size
   return totals
 
 
 def largest_collectives(hlo_text: str, top: int = 3) -> list[str]:
   """The `top` largest collective results of an HLO module: 'kind dtype[shape]'."""
-  found = []
-  for line in hlo_text.splitlines():
-    match = re.search(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(", line)
-    if not match:
-      continue
-    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
-      size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-      found.append((size * _DTYPE_BYTES.get(dtype, 4), f"{match.group(2)} {dtype}[{dims}]"))
-  return [name for _, name in sorted(found, reverse=True)[:top]]
+  found = sorted(((size, f"{kind} {shape}") for kind, shape, size in
+                  _collective_results(hlo_text)), reverse=True)
+  return [name for _, name in found[:top]]
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
