@@ -16,7 +16,6 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.8",
     "importlib_resources",  # tfds 4.9.10 imports it without declaring it
     "tensorboard",  # clu.metric_writers needs it, undeclared by clu
-    "matplotlib",  # PNG plots in docs
     "pillow",  # image files for experiments/predict.py (semissl.inference.image_files)
 ]
 
@@ -24,11 +23,15 @@ setuptools.setup(
     name="semissl",
     version="0.1.0",
     description="Semi-supervised image learning (SimCLRv2, SemPPL, SimMatch, Semi-ViT, FixMatch, ...) in JAX/Flax.",
-    packages=setuptools.find_packages(include=["semissl", "semissl.*"]),
+    # `configs`: the shipped experiment configs, so `semissl-train --config=NAME` works
+    # without a clone (a config file path works too).
+    packages=setuptools.find_packages(include=["semissl", "semissl.*", "configs"]),
+    entry_points={"console_scripts": ["semissl-train = semissl.cli:run"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist"],
+        "test": ["pytest>=8", "pytest-xdist", "matplotlib"],
+        "plots": ["matplotlib"],  # the PNG plots of experiments/make_results.py
         # Accelerator builds of jax; install one of these on TPU VMs / GPU boxes.
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
