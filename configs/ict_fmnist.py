@@ -18,9 +18,6 @@ def get_config(arg=None):
                                  labelled_views={"image": classic.WEAK_VIEW},
                                  unlabelled_views={"image": classic.WEAK_VIEW}, mu=3)
   config.method.mixup_alpha = 1.0
-  config.method.unlabelled_weight = 10.0
-  config.method.rampup = "sigmoid"
-  config.method.rampup_steps = classic.NUM_TRAIN_STEPS // 3
-  config.ema.decay = 0.999
-  config.ema.schedule = "mean_teacher"
+  classic.sigmoid_consistency(config)
+  classic.mean_teacher_ema(config)
   return classic.finish(config, args)

@@ -18,9 +18,6 @@ def get_config(arg=None):
   views = {"student": classic.WEAK_VIEW, "teacher": classic.WEAK_VIEW}
   config = classic.fmnist_config(args, method_name="mean_teacher",
                                  labelled_views=views, unlabelled_views=views, mu=3)
-  config.method.unlabelled_weight = 10.0
-  config.method.rampup = "sigmoid"
-  config.method.rampup_steps = classic.NUM_TRAIN_STEPS // 3
-  config.ema.decay = 0.999
-  config.ema.schedule = "mean_teacher"
+  classic.sigmoid_consistency(config)
+  classic.mean_teacher_ema(config)
   return classic.finish(config, args)

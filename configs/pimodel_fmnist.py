@@ -16,7 +16,5 @@ def get_config(arg=None):
   views = {"first": classic.WEAK_VIEW, "second": classic.WEAK_VIEW}
   config = classic.fmnist_config(args, method_name="pi_model", labelled_views=views,
                                  unlabelled_views=views, mu=3)
-  config.method.unlabelled_weight = 10.0
-  config.method.rampup = "sigmoid"
-  config.method.rampup_steps = classic.NUM_TRAIN_STEPS // 3
+  classic.sigmoid_consistency(config)
   return classic.finish(config, args)

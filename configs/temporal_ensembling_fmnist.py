@@ -20,7 +20,5 @@ def get_config(arg=None):
       args, method_name="temporal_ensembling", labelled_views={"image": classic.WEAK_VIEW},
       unlabelled_views={"image": classic.WEAK_VIEW}, mu=3)
   config.method.alpha = 0.6
-  config.method.unlabelled_weight = 10.0
-  config.method.rampup = "sigmoid"
-  config.method.rampup_steps = classic.NUM_TRAIN_STEPS // 3
+  classic.sigmoid_consistency(config)
   return classic.finish(config, args)

@@ -82,7 +82,7 @@ def fit_check(config, *, device_memory_gib: float, device: str) -> dict:
   from semissl import methods
   from semissl.training import optimizers, sharding
   from semissl.training import step as step_lib
-  from semissl.training.train_state import TrainState
+  from semissl.training import train_loop
 
   mesh = sharding.make_mesh(config.get("mesh", None))
   batch = abstract_batch(config, mesh, IMAGENET_CLASSES)
@@ -104,15 +104,9 @@ def fit_check(config, *, device_memory_gib: float, device: str) -> dict:
       config.optimizer, batch_size=lr_batch, total_steps=total, steps_per_epoch=per_epoch,
       layer_id_fn=getattr(method, "layer_id_fn", None))
 
-  def init_fn(batch):  # as train_loop.create_state, but only traced (eval_shape)
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(0))
-    variables, method_state = method.init(init_rng, batch)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      batch_stats=stats, opt_state=tx.init(params), target_params=params,
-                      target_batch_stats=stats, method_state=method_state, rng=state_rng)
-
-  shapes = jax.eval_shape(init_fn, batch)
+  # As train_loop.create_state, but only traced: shapes, no arrays.
+  shapes = jax.eval_shape(train_loop.state_init_fn(method, tx, rng=jax.random.PRNGKey(0)),
+                          batch)
   rules = list(config.get("sharding_rules", ())) + list(method.state_sharding_rules())
   shardings = sharding.tree_shardings(shapes, mesh, rules)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

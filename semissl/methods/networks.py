@@ -1,9 +1,13 @@
 """Pieces every method builds on: the configured backbone and pseudo-label telemetry."""
 from __future__ import annotations
 
+import math
+
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import PartitionSpec as P
 
 from semissl import models
 from semissl.models import precision
@@ -19,6 +23,27 @@ def build_backbone(model_config: ml_collections.ConfigDict):
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
   kwargs["dtype"] = precision.compute_dtype(kwargs.get("dtype") or "float32")
   return models.get_backbone(model_config.name, **kwargs)
+
+
+def data_axis_size(config) -> int:
+  """Devices on the 'data' mesh axis that `config.mesh` gives on this machine."""
+  mesh = dict(config.get("mesh", None) or {"data": -1})
+  others = math.prod(int(v) for k, v in mesh.items() if k != "data" and int(v) != -1)
+  size = int(mesh["data"])
+  return size if size != -1 else max(jax.device_count() // max(others, 1), 1)
+
+
+def rows_over_data(config, *, num_rows: int, paths: tuple[str, ...],
+                   what: str) -> tuple[tuple[str, P], ...]:
+  """Sharding rules that split the leading (row) axis of the method-state leaves at
+  `paths` over `data` (a per-example store: SimMatch's bank, the temporal
+  ensemble), or none (replicated) when `num_rows` does not divide over the devices."""
+  devices = data_axis_size(config)
+  if num_rows % devices:
+    logging.info("%s of %d rows does not divide over %d devices: replicated.", what,
+                 num_rows, devices)
+    return ()
+  return tuple((path, P("data")) for path in paths)
 
 
 def pseudo_label_telemetry(*, pseudo_labels: jax.Array, true_labels: jax.Array,

@@ -42,13 +42,9 @@ embedding_batch_norm (False), instance_warmup_epochs, teacher_train_mode.
 """
 from __future__ import annotations
 
-import math
-
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from semissl import losses
 from semissl import models
@@ -85,14 +81,6 @@ class SimMatchNetwork(nn.Module):
         out_dim=self.embedding_dim, batch_norm=self.embedding_batch_norm,
         name="embedding_head")(features, train=train)
     return logits, embeddings
-
-
-def data_axis_size(config) -> int:
-  """Devices on the 'data' mesh axis that `config.mesh` gives on this machine."""
-  mesh = dict(config.get("mesh", None) or {"data": -1})
-  others = math.prod(int(v) for k, v in mesh.items() if k != "data" and int(v) != -1)
-  size = int(mesh["data"])
-  return size if size != -1 else max(jax.device_count() // max(others, 1), 1)
 
 
 @base.register
@@ -161,13 +149,9 @@ class SimMatch(base.Method):
     return dict(variables), {"bank": bank, "da": window}
 
   def state_sharding_rules(self):
-    devices = data_axis_size(self.config)
-    if self.num_slots % devices:
-      logging.info("SimMatch bank of %d slots does not divide over %d devices: replicated.",
-                   self.num_slots, devices)
-      return ()
-    return ((r"method_state/bank/embeddings", P("data", None)),
-            (r"method_state/bank/labels", P("data")))
+    return networks.rows_over_data(
+        self.config, num_rows=self.num_slots, what="SimMatch bank",
+        paths=(r"method_state/bank/embeddings", r"method_state/bank/labels"))
 
   def _apply(self, params, batch_stats, images, *, train, rng):
     """(logits, embeddings), updated batch stats (None when not in train mode)."""

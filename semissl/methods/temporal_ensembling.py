@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from absl import logging
-from jax.sharding import PartitionSpec as P
 
 from semissl import losses
-from semissl.methods import base
+from semissl.methods import base, networks
 from semissl.methods import semi_supervised_classifier as ssc
-from semissl.methods.simmatch import data_axis_size
 
 
 @base.register
@@ -55,13 +52,9 @@ class TemporalEnsembling(ssc.SemiSupervisedClassifier):
                        "updates": jnp.zeros((n,), jnp.int32)}
 
   def state_sharding_rules(self):
-    devices = data_axis_size(self.config)
-    if self.info.num_unlabelled % devices:
-      logging.info("Temporal ensemble of %d slots does not divide over %d devices: "
-                   "replicated.", self.info.num_unlabelled, devices)
-      return ()
-    return ((r"method_state/ensemble", P("data", None)),
-            (r"method_state/updates", P("data")))
+    return networks.rows_over_data(
+        self.config, num_rows=self.info.num_unlabelled, what="Temporal ensemble",
+        paths=(r"method_state/ensemble", r"method_state/updates"))
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]

@@ -90,8 +90,8 @@ def lr_batch_size(config) -> int:
              config.batch_size * grad_accum_steps(config))
 
 
-def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=()):
-  """Initialises the TrainState directly into its shardings. Returns (state, shardings)."""
+def state_init_fn(method, optimizer, *, rng):
+  """`init_fn(batch) -> TrainState` at step 0 (the EMA target starts at the params)."""
   init_rng, state_rng = jax.random.split(rng)
 
   def init_fn(batch):
@@ -102,6 +102,12 @@ def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=())
                       opt_state=optimizer.init(params), target_params=params,
                       target_batch_stats=batch_stats, method_state=method_state, rng=state_rng)
 
+  return init_fn
+
+
+def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=()):
+  """Initialises the TrainState directly into its shardings. Returns (state, shardings)."""
+  init_fn = state_init_fn(method, optimizer, rng=rng)
   abstract = jax.eval_shape(init_fn, example_batch)
   rules = list(extra_rules) + list(method.state_sharding_rules())
   state_shardings = sharding.tree_shardings(abstract, mesh, rules)
