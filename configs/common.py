@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 0.0
   config.log_every_steps = 50
   config.eval_every_steps = 0
+  # The train loop's evaluator (semissl/training/evaluators.py): 'classifier' (top-1 /
+  # top-5) or 'knn' (the k-NN monitor of encoder features, `knn_monitor` its k and
+  # temperature); '' picks the classifier if the method has one, else 'knn'.
+  config.evaluator = ""
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.init_from = ""

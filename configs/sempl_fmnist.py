@@ -21,7 +21,7 @@ Variants (comma-separated key=value after ':'):
   stage=pretrain (default) | finetune (needs init_from=<pretrain workdir>)
         | scratch (the fine-tune recipe from random init: the baseline)
         | linear (needs init_from: a linear classifier on the frozen encoder,
-          evaluation.linear_protocol; linear_lr (default 0.4) x B/256, B = 64,
+          protocols.linear_protocol; linear_lr (default 0.4) x B/256, B = 64,
           500 steps with 40 / perclassN labels, else 100 epochs)
   large=4 (large views, as the paper) ; small=0 (small views; paper: 2)
   crop_prob=1.0 (default: every view random-cropped, SemPPL App. E) | 0.5 (Table
@@ -82,8 +82,8 @@ rate did worse (0.0025: 70.3, 0.01: 69.7, 0.04: 68.0). stage=scratch is the
 label-only run itself (same backbone and recipe), the baseline to beat.
 """
 from configs import common
-from semissl.data import augment_simclr
-from semissl.training import evaluation
+from configs import protocols
+from semissl import data as data_lib
 
 LARGE_AREA = {"even": (0.2, 1.0), "odd": (0.3, 1.0)}
 SMALL_AREA = (0.1, 0.4)
@@ -107,12 +107,12 @@ def semppl_views(num_large: int, num_small: int, crop_prob: float = 1.0) -> dict
   views = {}
   for i in range(1, num_large + 1):
     parity = "odd" if i % 2 else "even"
-    views[f"large{i}"] = augment_simclr.semppl_view_spec(
+    views[f"large{i}"] = data_lib.semppl_view_spec(
         parity=parity, scale="large", size=LARGE_SIZE, area_range=LARGE_AREA[parity],
         crop_prob=crop_prob)
   for i in range(1, num_small + 1):
     parity = "odd" if i % 2 else "even"
-    views[f"small{i}"] = augment_simclr.semppl_view_spec(
+    views[f"small{i}"] = data_lib.semppl_view_spec(
         parity=parity, scale="small", size=SMALL_SIZE, area_range=SMALL_AREA,
         crop_prob=crop_prob)
   return views
@@ -178,7 +178,7 @@ def _finetune(config, args):
                        "is the supervised recipe (drop protocol=semppl).")
     _pretrain(config, args)  # the projector shapes init_from loads
     config.knn_monitor = None
-    evaluation.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
+    protocols.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
                                         classifier_base_lr=args.classifier_lr)
     config.batch_size = 64
     config.num_epochs = 60.0 if args.labels in ("40", "perclass4") else 30.0
@@ -200,7 +200,7 @@ def _linear(config, args):
   if not args.init_from:
     raise ValueError("stage=linear needs init_from=<the SemPPL pretraining workdir>.")
   config.init_from = args.init_from
-  evaluation.linear_protocol(config, base_lr=args.linear_lr, num_epochs=100.0)
+  protocols.linear_protocol(config, base_lr=args.linear_lr, num_epochs=100.0)
   config.batch_size = 64
   if args.labels.isdigit() or args.labels.startswith("perclass"):
     config.num_epochs = 0.0

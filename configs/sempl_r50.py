@@ -55,22 +55,22 @@ Choices the paper leaves open, made here:
 * Encoder: `models.ResNet` (v1, post-activation; §2.1 says "v1; pre-activation").
 * Pretraining has no classifier; the k-NN monitor on encoder features is its eval
   metric.
-* stage=finetune (App. A.1, `evaluation.semppl_finetune_protocol`): the classifier
+* stage=finetune (App. A.1, `protocols.semppl_finetune_protocol`): the classifier
   on the projector's first layer (after its ReLU), encoder and that layer loaded
   from the pretraining by `init_from`; cross-entropy on crop + flip views of the
   labelled subset only; SGD-Nesterov 0.9, no weight decay, 30 epochs, x0.2 at 18
   and 24. The paper sweeps the batch and both rates without saying which won:
   B = 1024 (the middle of {512, 1024, 2048}), encoder 0.0025 and classifier 0.2
   (x B/256) here, middle values of its ranges.
-* stage=linear (App. A.2 / A.3, `evaluation.linear_protocol`): a linear
+* stage=linear (App. A.2 / A.3, `protocols.linear_protocol`): a linear
   classifier on the frozen encoder output, trained on all labelled train images
   (A.2: "the full labelled ImageNet training set"); SGD-Nesterov 0.9, B = 1024,
   no weight decay, cosine, 80 epochs (A.3's sweep: {20, 30, 60, 80, 100} epochs,
   lr {0.001 .. 2}); base rate 0.05 x B/256 = 0.2.
 """
 from configs import common
-from semissl.data import augment_simclr
-from semissl.training import evaluation
+from configs import protocols
+from semissl import data as data_lib
 
 STAGES = ("pretrain", "finetune", "linear")
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -87,7 +87,7 @@ VIEW_PARITY = {"large1": "odd", "large2": "even", "large3": "odd", "large4": "ev
 def semppl_views(crop_prob: float = 1.0) -> dict:
   """SemPPL's 4 large + 2 small views with Table 12's parameters, every view cropped
   (App. E) unless `crop_prob` < 1."""
-  return {name: augment_simclr.semppl_view_spec(parity=parity,
+  return {name: data_lib.semppl_view_spec(parity=parity,
                                                 scale=name.rstrip("0123456789"),
                                                 crop_prob=crop_prob)
           for name, parity in VIEW_PARITY.items()}
@@ -213,10 +213,10 @@ def _evaluation_stage(config, args):
   data = config.data
   data.labelled_in_unlabelled = True
   if args.stage == "finetune":
-    evaluation.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
+    protocols.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
                                         classifier_base_lr=args.classifier_lr)
   else:
-    evaluation.linear_protocol(config, base_lr=args.linear_lr, num_epochs=80.0)
+    protocols.linear_protocol(config, base_lr=args.linear_lr, num_epochs=80.0)
     data.labelled_ids_file = None  # every labelled train image (App. A.2)
     data.label_fraction = 1.0
   config.batch_size = 1024

@@ -26,11 +26,12 @@ The pretraining stage has no classifier: its eval is the k-NN monitor (eval_knn_
 import ml_collections
 
 from configs import common
-from semissl.training import evaluation, optimizers
+from configs import protocols
+from semissl import training
 
 STAGES = ("pretrain", "finetune", "distill")
 # SimCLR's LARS skips the supervised head's weight decay and trust ratio too (stages 1-2).
-NO_ADAPTATION = optimizers.DEFAULT_NO_DECAY + "|^classifier/"
+NO_ADAPTATION = training.DEFAULT_NO_DECAY + "|^classifier/"
 
 
 def simclr_view(**overrides):
@@ -89,7 +90,7 @@ def get_config(arg=None):
       few_labels = args.labels.isdigit() or args.labels.startswith("perclass")
       protocol = "semppl" if few_labels else "simclr"
     if protocol == "semppl":
-      evaluation.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
+      protocols.semppl_finetune_protocol(config, encoder_base_lr=args.encoder_lr,
                                           classifier_base_lr=args.classifier_lr)
     elif protocol != "simclr":
       raise ValueError(f"protocol={args.protocol!r}; use auto, simclr or semppl.")
@@ -108,7 +109,7 @@ def get_config(arg=None):
     opt.base_lr = 0.1  # x sqrt(B), as pretraining
     # The student's classifier is LARS-adapted here: unadapted (SimCLR's code) at this
     # lr and temperature 0.1 it diverged (Fashion-MNIST run, 200 steps).
-    opt.exclude_from_weight_decay = optimizers.DEFAULT_NO_DECAY
+    opt.exclude_from_weight_decay = training.DEFAULT_NO_DECAY
     opt.weight_decay = 1e-4
     opt.warmup_steps = 50
     config.ema.decay = 0.99

@@ -24,12 +24,13 @@ import re
 import ml_collections
 
 from configs import common
-from semissl.training import evaluation, optimizers
+from configs import protocols
+from semissl import training
 
 STAGES = ("pretrain", "finetune", "distill")
 # SimCLR's LARS skips BN, biases and the supervised head for weight decay and trust ratio
 # (stages 1-2; the distillation student's classifier is adapted, see below).
-NO_ADAPTATION = optimizers.DEFAULT_NO_DECAY + "|^classifier/"
+NO_ADAPTATION = training.DEFAULT_NO_DECAY + "|^classifier/"
 
 
 def parse_model(spec: str) -> tuple[ml_collections.ConfigDict, bool]:
@@ -122,7 +123,7 @@ def get_config(arg=None):
     opt.warmup_epochs = 0.0
     config.eval_every_steps = 1000
     if args.protocol == "semppl":
-      evaluation.semppl_finetune_protocol(config)
+      protocols.semppl_finetune_protocol(config)
     elif args.protocol != "simclr":
       raise ValueError(f"protocol={args.protocol!r}; use simclr or semppl.")
   else:
@@ -141,7 +142,7 @@ def get_config(arg=None):
     opt.base_lr = 0.1  # as pretraining: x sqrt(4096) = 6.4
     # The student's classifier is LARS-adapted here: unadapted (SimCLR's code) at this
     # lr and temperature 0.1 it diverged (Fashion-MNIST run, 200 steps).
-    opt.exclude_from_weight_decay = optimizers.DEFAULT_NO_DECAY
+    opt.exclude_from_weight_decay = training.DEFAULT_NO_DECAY
     opt.weight_decay = 1e-4
     opt.warmup_epochs = 20.0  # 5% of 400
     config.eval_every_steps = 10000

@@ -100,29 +100,19 @@ def synthetic_batch(config, num_classes: int):
 
 def benchmark_train_step(config, *, steps: int, num_classes: int) -> dict:
   import jax
-  from semissl import methods
-  from semissl.training import optimizers, sharding, step as step_lib
-  from semissl.training.train_loop import create_state
+  from semissl.training import setup, sharding
 
-  mesh = sharding.make_mesh(config.get("mesh", None))
+  mesh = setup.make_mesh(config)
   local = synthetic_batch(config, num_classes)
   n_images = sum(v.shape[0] for part in local.values() for v in part["images"].values())
-  info = methods.DatasetInfo(num_classes=num_classes,
-                             image_shape=local["labelled"]["images"][
-                                 next(iter(local["labelled"]["images"]))].shape[1:],
-                             num_labelled=10 * config.batch_size,
-                             num_unlabelled=10 * int(config.get("mu", 0) * config.batch_size))
-  method = methods.get_method(config.method.name)(config, info)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=config.batch_size,
-                                           total_steps=1000, steps_per_epoch=100,
-                                           layer_id_fn=getattr(method, "layer_id_fn", None))
+  info = setup.dataset_info(
+      config, num_classes=num_classes,
+      image_shape=local["labelled"]["images"][next(iter(local["labelled"]["images"]))].shape[1:],
+      num_labelled=10 * config.batch_size,
+      num_unlabelled=10 * int(config.get("mu", 0) * config.batch_size))
   batch = sharding.global_batch(local, mesh)
-  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=batch,
-                                  mesh=mesh)
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, 1000), mesh=mesh,
-      state_shardings=shardings)
+  run = setup.build(config, info, example_batch=batch, mesh=mesh, rng=jax.random.PRNGKey(0))
+  state, train_step = run.state, run.train_step
   compiled = train_step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -30,11 +30,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import bench_utils  # noqa: E402
-from semissl import losses, methods  # noqa: E402
+from semissl import losses  # noqa: E402
 from semissl.methods import base, semppl  # noqa: E402
-from semissl.training import optimizers, sharding  # noqa: E402
-from semissl.training import step as step_lib  # noqa: E402
-from semissl.training.train_loop import create_state  # noqa: E402
+from semissl.training import setup, sharding  # noqa: E402
 
 SECTION_TITLE = "SemPPL step overhead (queue, k-NN, semantic positives)"
 NUM_CLASSES = 10
@@ -88,21 +86,14 @@ def synthetic_batch(config):
 
 def compiled_step(method_cls, config):
   """Returns a no-argument function running one compiled train step to completion."""
-  mesh = sharding.make_mesh(config.get("mesh", None))
+  mesh = setup.make_mesh(config)
   local = synthetic_batch(config)
-  info = methods.DatasetInfo(num_classes=NUM_CLASSES, image_shape=(28, 28, 1),
-                             num_labelled=600, num_unlabelled=59400)
-  method = method_cls(config, info)
-  method.validate()
-  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=config.batch_size,
-                                           total_steps=1000, steps_per_epoch=100)
+  info = setup.dataset_info(config, num_classes=NUM_CLASSES, image_shape=(28, 28, 1),
+                            num_labelled=600, num_unlabelled=59400)
   batch = sharding.global_batch(local, mesh)
-  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0),
-                                  example_batch=batch, mesh=mesh)
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, 1000), mesh=mesh,
-      state_shardings=shardings)
+  run = setup.build(config, info, example_batch=batch, mesh=mesh, rng=jax.random.PRNGKey(0),
+                    method_cls=method_cls)
+  state, train_step = run.state, run.train_step
   compiled = train_step.lower(state, batch).compile()
   holder = {"state": state}
 

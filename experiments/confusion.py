@@ -16,7 +16,7 @@ import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from semissl.training import evaluation, workdirs  # noqa: E402
+from semissl.training import offline_evaluation, workdirs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.",
                                           lock_config=True)
@@ -45,7 +45,7 @@ def report(matrix: np.ndarray, class_names: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  matrices = evaluation.classifier_confusion(_CONFIG.value, _WORKDIR.value,
+  matrices = offline_evaluation.classifier_confusion(_CONFIG.value, _WORKDIR.value,
                                              split=_SPLIT.value)
   if jax.process_index():
     return

@@ -79,42 +79,22 @@ def abstract_batch(config, mesh, num_classes):
 def fit_check(config, *, device_memory_gib: float, device: str) -> dict:
   import jax
   import numpy as np
-  from semissl import methods
-  from semissl.training import optimizers, sharding
-  from semissl.training import step as step_lib
-  from semissl.training import train_loop
+  from semissl.training import setup
 
-  mesh = sharding.make_mesh(config.get("mesh", None))
+  mesh = setup.make_mesh(config)
   batch = abstract_batch(config, mesh, IMAGENET_CLASSES)
   images = sum(v.shape[0] for part in batch.values() for v in part["images"].values())
   fraction = float(config.data.get("label_fraction") or 1.0)
   num_labelled = int(round(fraction * IMAGENET_TRAIN))
-  per_epoch = IMAGENET_TRAIN // int(config.batch_size * max(config.get("mu", 0), 1))
-  total = int(config.get("num_train_steps") or round(config.num_epochs * per_epoch))
-  info = methods.DatasetInfo(
-      num_classes=IMAGENET_CLASSES,
+  info = setup.dataset_info(
+      config, num_classes=IMAGENET_CLASSES,
       image_shape=(config.data.image_size, config.data.image_size, 3),
-      num_labelled=num_labelled, num_unlabelled=IMAGENET_TRAIN, steps_per_epoch=per_epoch,
-      total_steps=total,
+      num_labelled=num_labelled, num_unlabelled=IMAGENET_TRAIN,
       labelled_labels=(np.arange(num_labelled) % IMAGENET_CLASSES).astype(np.int32))
-  method = methods.get_method(config.method.name)(config, info)
-  method.validate()
-  lr_batch = int(config.optimizer.get("lr_batch_size", 0) or config.batch_size)
-  tx, schedule = optimizers.make_optimizer(
-      config.optimizer, batch_size=lr_batch, total_steps=total, steps_per_epoch=per_epoch,
-      layer_id_fn=getattr(method, "layer_id_fn", None))
-
-  # As train_loop.create_state, but only traced: shapes, no arrays.
-  shapes = jax.eval_shape(train_loop.state_init_fn(method, tx, rng=jax.random.PRNGKey(0)),
-                          batch)
-  rules = list(config.get("sharding_rules", ())) + list(method.state_sharding_rules())
-  shardings = sharding.tree_shardings(shapes, mesh, rules)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       shapes, shardings)
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, total), mesh=mesh,
-      state_shardings=shardings)
+  # Only traced: shapes and shardings, no arrays.
+  run = setup.build(config, info, example_batch=batch, mesh=mesh, rng=jax.random.PRNGKey(0),
+                    abstract=True)
+  state, train_step, shapes = run.state, run.train_step, run.state
   compiled = train_step.lower(state, batch).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()

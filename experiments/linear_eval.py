@@ -4,7 +4,7 @@
       --workdir=W/pretrain [--config.data.label_fraction=1.0] [--l2_penalty=1e-4,1e-2,1]
 Extracts `eval_features` (online and EMA) of the labelled train images and of the eval
 split with the eval view, fits a softmax-regression probe with L-BFGS and writes
-<workdir>/linear_eval.json (semissl.training.evaluation.linear_evaluation). With
+<workdir>/linear_eval.json (semissl.training.offline_evaluation.linear_evaluation). With
 several --l2_penalty values the run's validation split chooses one.
 """
 import os
@@ -16,7 +16,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from semissl.training import evaluation  # noqa: E402
+from semissl.training import offline_evaluation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.",
                                           lock_config=True)
@@ -30,7 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  results = evaluation.linear_evaluation(_CONFIG.value, _WORKDIR.value,
+  results = offline_evaluation.linear_evaluation(_CONFIG.value, _WORKDIR.value,
                                          l2_penalty=[float(v) for v in _L2.value], max_steps=_STEPS.value)
   if jax.process_index() == 0:
     print("Linear evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())),

@@ -22,6 +22,7 @@ _LAZY = {
     "known_sources": "sources",
     "register_augmentation": "augment",
     "known_augmentations": "augment",
+    "semppl_view_spec": "augment_simclr",
 }
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
 
 def __getattr__(name):
   if name in _LAZY:
+    importlib.import_module("semissl.data.pipeline")  # every augmentation registered
     module = importlib.import_module(f"semissl.data.{_LAZY[name]}")
     return getattr(module, name)
   raise AttributeError(f"module 'semissl.data' has no attribute {name!r}")

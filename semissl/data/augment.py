@@ -200,8 +200,3 @@ def crop_flip(image: tf.Tensor, *, seed: tf.Tensor, spec: Mapping,
   if spec.get("flip", True):
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return image
-
-
-# Modules that register more augmentations (imported last: they use the registry).
-from semissl.data import augment_simclr  # noqa: E402,F401  ('simclr')
-from semissl.data import augment_strong  # noqa: E402,F401  ('randaugment')

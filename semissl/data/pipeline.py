@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from semissl.data import augment
+from semissl.data import augment_simclr  # noqa: F401  (registers 'simclr')
+from semissl.data import augment_strong  # noqa: F401  (registers 'randaugment')
 from semissl.data import sources
 from semissl.data import splits
 from semissl.data import streams

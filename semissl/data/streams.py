@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from semissl.data import augment
+from semissl.data import augment_simclr  # noqa: F401  (registers 'simclr')
+from semissl.data import augment_strong  # noqa: F401  (registers 'randaugment')
 from semissl.data import sources
 
 LABELLED_STREAM, UNLABELLED_STREAM = 1, 2

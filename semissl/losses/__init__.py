@@ -43,6 +43,7 @@ from semissl.losses.distribution_alignment import push_distribution_window
 from semissl.losses.distribution_alignment import simmatch_distribution_alignment
 from semissl.losses.distribution_alignment import window_mean
 from semissl.losses.ema import byol_cosine_ema_decay
+from semissl.losses.ema import ema_schedule
 from semissl.losses.ema import ema_update
 from semissl.losses.ema import mean_teacher_ema_decay
 from semissl.losses.fixmatch import cross_entropy_with_probs

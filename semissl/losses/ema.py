@@ -1,9 +1,11 @@
 """Exponential moving averages of parameters: EMA teachers and their decay schedules.
 
 theta' <- m theta' + (1 - m) theta is Semi-ViT Eq. 1 (EMA-Teacher), SimMatch Eq. 11
-(student-teacher bank), Mean Teacher (survey) and SimCLRv2's MoCo encoder.
+(student-teacher bank), Mean Teacher (survey) and SimCLRv2's MoCo encoder. The one
+home of the EMA: the train step (training/step.py) moves every method's target with
+`ema_update` at the decay of `ema_schedule(config.ema...)`.
 """
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,3 +55,21 @@ def mean_teacher_ema_decay(*, step: jax.Array | int,
   student (the true average of the params seen so far) until k + 1 = 1 / (1 - m)."""
   step = jnp.asarray(step, jnp.float32)
   return jnp.minimum(1.0 - 1.0 / (step + 1.0), decay)
+
+
+EMA_SCHEDULES = ("constant", "byol_cosine", "mean_teacher")
+
+
+def ema_schedule(name: str, *, decay: float,
+                 total_steps: int) -> Callable[[jax.Array | int], jax.Array]:
+  """`step -> m` by name, like an optax schedule: 'constant' (m = `decay`), 'byol_cosine'
+  (BYOL's ramp from `decay` to 1 over `total_steps`) or 'mean_teacher' (its warm-up
+  min(1 - 1/(k + 1), `decay`)); `step` counts optimizer updates."""
+  if name == "byol_cosine":
+    return lambda step: byol_cosine_ema_decay(step=step, total_steps=max(total_steps, 1),
+                                              base_decay=decay)
+  if name == "mean_teacher":
+    return lambda step: mean_teacher_ema_decay(step=step, decay=decay)
+  if name != "constant":
+    raise ValueError(f"ema.schedule={name!r}; known: {', '.join(EMA_SCHEDULES)}.")
+  return lambda step: jnp.asarray(decay, jnp.float32)

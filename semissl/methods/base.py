@@ -8,7 +8,7 @@
 - `eval_logits(variables, images) -> logits` for top-1/top-5 evaluation of
   the online and the EMA-target variables.
 - `state_sharding_rules()`: regex rules for its method_state (queues and banks
-  are sharded on their slot axis).
+  are sharded on their slot axis over `self.mesh`, the run's mesh).
 - `labelled_views` / `unlabelled_views`: the augmented views it needs.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import ml_collections
 import numpy as np
+
+from semissl.methods import networks
 
 PyTree = Any
 
@@ -53,9 +55,27 @@ class Method:
   # their online evaluation uses `eval_features` with a k-NN monitor instead.
   has_classifier: bool = True
 
-  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo, *,
+               mesh: jax.sharding.Mesh | None = None):
     self.config = config
     self.info = info
+    self.mesh = mesh  # the run's mesh (training/setup.py); None outside a run
+
+  def concat_examples(self, arrays: Sequence[jax.Array]) -> jax.Array:
+    """Image batches [n_i, ...] as one, each device keeping its own rows (no gather
+    of the images); `split_examples` undoes it. See networks.concat_examples."""
+    return networks.concat_examples(arrays, mesh=self.mesh)
+
+  def split_examples(self, x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
+    """Per-example outputs of a `concat_examples` batch, split back into its parts."""
+    return networks.split_examples(x, sizes, mesh=self.mesh)
+
+  @property
+  def data_devices(self) -> int:
+    """Devices on the mesh's 'data' axis (all devices when built without a mesh)."""
+    if self.mesh is None:
+      return jax.device_count()
+    return int(dict(self.mesh.shape).get("data", 1))
 
   # Views the input pipeline must produce (view name -> augmentation spec).
   @property
@@ -72,10 +92,12 @@ class Method:
   def init(self, rng: jax.Array, example_batch: PyTree) -> tuple[PyTree, PyTree]:
     raise NotImplementedError
 
-  def load_method_state(self, method_state: PyTree) -> PyTree:
+  def load_method_state(self, method_state: PyTree, *, load_variables: Any) -> PyTree:
     """Host side, once on a fresh start (not on resume), after `init`: fills
     method_state from outside the run, e.g. a fixed distillation teacher read
-    from its workdir. Raises a one-line ValueError on bad input. Default: as is."""
+    from its workdir with `load_variables(workdir, template, **kwargs)` (the train
+    loop passes `checkpointing.load_variables_from`). Raises a one-line ValueError
+    on bad input. Default: as is."""
     return method_state
 
   def loss_fn(self, params: PyTree, batch: PyTree, *, state: Any,

@@ -36,8 +36,8 @@ class SimCLRDistill(base.Method):
 
   name = "simclr_distill"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     method = config.method
     # Bad head settings (layer k) raise here, before training.
     self.student = simclr.build_network(model_config=config.model, num_classes=info.num_classes,
@@ -79,13 +79,10 @@ class SimCLRDistill(base.Method):
     teacher = {"params": teacher["params"], "batch_stats": teacher.get("batch_stats", {})}
     return dict(variables), {"teacher": teacher}
 
-  def load_method_state(self, method_state):
-    from semissl.training import checkpointing  # lazy: training imports methods
-
+  def load_method_state(self, method_state, *, load_variables):
     workdir = self.config.method.teacher_workdir
     try:
-      teacher = checkpointing.load_variables_from(workdir, method_state["teacher"],
-                                                  require_all=True)
+      teacher = load_variables(workdir, method_state["teacher"], require_all=True)
     except ValueError as error:
       raise ValueError(f"method.teacher_workdir: {error}") from None
     return dict(method_state, teacher=teacher)
@@ -96,8 +93,8 @@ class SimCLRDistill(base.Method):
     num_unlabelled = images.shape[0]
     if self.uses_labels:
       labelled = batch["labelled"]
-      images = jnp.concatenate([labelled["images"]["image"], images], axis=0)
-      labels = jnp.concatenate(
+      images = self.concat_examples([labelled["images"]["image"], images])
+      labels = self.concat_examples(
           [labelled["label"], jnp.full((num_unlabelled,), -1, labelled["label"].dtype)])
     outputs, updates = self.student.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
@@ -113,9 +110,11 @@ class SimCLRDistill(base.Method):
       loss = losses.distillation(student_logits=student_logits, teacher_logits=teacher_logits,
                                  temperature=self.temperature)
       metrics = {"distillation": loss}
-    teacher_labels = jnp.argmax(teacher_logits[-num_unlabelled:], -1)
+    sizes = (images.shape[0] - num_unlabelled, num_unlabelled)
+    unlabelled_rows = lambda logits: self.split_examples(logits, sizes)[1]
+    teacher_labels = jnp.argmax(unlabelled_rows(teacher_logits), -1)
     metrics["student_teacher_agreement"] = jnp.mean(
-        jnp.argmax(student_logits[-num_unlabelled:], -1) == teacher_labels)
+        jnp.argmax(unlabelled_rows(student_logits), -1) == teacher_labels)
     metrics.update(networks.pseudo_label_telemetry(
         pseudo_labels=teacher_labels, true_labels=unlabelled["true_label"], prefix="teacher_"))
     return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)

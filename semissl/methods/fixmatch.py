@@ -83,8 +83,8 @@ class FixMatch(base.Method):
   name = "fixmatch"
   default_teacher = "self"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.model = supervised.build_classifier(config, info.num_classes)
     self.teacher = config.method.get("teacher", self.default_teacher)
     self.layer_id_fn = (models.vit_layer_id
@@ -210,10 +210,12 @@ class FixMatch(base.Method):
     pseudo_mixup = cfg.get("pseudo_mixup", False)
     one_pass = self.teacher == "self" and not pseudo_mixup
     if one_pass:  # FixMatch: labelled + weak + strong in one batch.
-      logits, batch_stats = self._student(params, state.batch_stats,
-                                          jnp.concatenate([x_l, u_w, u_s]), student_rng)
-      weak_logits = jax.lax.stop_gradient(logits[n_l:n_l + n_u])
-      logits_l, logits_s = logits[:n_l], logits[n_l + n_u:]
+      logits, batch_stats = self._student(
+          params, state.batch_stats,
+          networks.concat_examples([x_l, u_w, u_s], mesh=self.mesh), student_rng)
+      logits_l, weak_logits, logits_s = networks.split_examples(logits, (n_l, n_u, n_u),
+                                                                mesh=self.mesh)
+      weak_logits = jax.lax.stop_gradient(weak_logits)
     else:
       if self.teacher == "ema":
         teacher_vars = (state.target_params, state.target_batch_stats)
@@ -232,9 +234,11 @@ class FixMatch(base.Method):
       u_s, mixed_targets, mixed_mask = self._pseudo_mixup(images=u_s, probs=probs,
                                                           rng=unlabelled_rng)
     if not one_pass:
-      logits, batch_stats = self._student(params, state.batch_stats,
-                                          jnp.concatenate([x_l, u_s]), student_rng)
-      logits_l, logits_s = logits[:n_l], logits[n_l:]
+      logits, batch_stats = self._student(
+          params, state.batch_stats, networks.concat_examples([x_l, u_s], mesh=self.mesh),
+          student_rng)
+      logits_l, logits_s = networks.split_examples(logits, (n_l, u_s.shape[0]),
+                                                   mesh=self.mesh)
 
     if pseudo_mixup:
       loss_u, _ = losses.pseudo_mixup_loss(logits=logits_s, mixed_targets=mixed_targets,

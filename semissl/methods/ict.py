@@ -50,18 +50,20 @@ class ICT(ssc.SemiSupervisedClassifier):
     permutation, ratio = ict_draws(mix_rng, images.shape[0], self.option("mixup_alpha"))
     mixed = ratio * images + (1.0 - ratio) * images[permutation]
     student_logits, batch_stats = self.apply_train(
-        params, state.batch_stats, jnp.concatenate([labelled["images"]["image"], mixed]),
+        params, state.batch_stats, self.concat_examples([labelled["images"]["image"], mixed]),
         rng=student_rng)
+    labelled_logits, mixed_logits = self.split_examples(student_logits,
+                                                        (num_labelled, mixed.shape[0]))
     teacher_logits, _ = self.apply_train(state.target_params, state.target_batch_stats,
                                          images, rng=teacher_rng)
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     unsupervised = losses.interpolation_consistency_loss(
-        mixed_logits=student_logits[num_labelled:], teacher_logits=teacher_logits,
+        mixed_logits=mixed_logits, teacher_logits=teacher_logits,
         permutation=permutation, mix_ratio=ratio)
     metrics = ssc.target_telemetry(targets=teacher_logits,
                                    true_labels=unlabelled.get("true_label"))
     metrics["mix_ratio"] = ratio
     return self.combine(state=state, batch_stats=batch_stats,
-                        labelled_logits=student_logits[:num_labelled],
+                        labelled_logits=labelled_logits,
                         labels=labelled["label"], unsupervised_loss=unsupervised,
                         metrics=metrics)

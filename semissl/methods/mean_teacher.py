@@ -18,7 +18,6 @@ Telemetry 'pl_*': teacher argmax on the unlabelled images.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from semissl import losses
 from semissl.methods import base
@@ -39,18 +38,19 @@ class MeanTeacher(ssc.SemiSupervisedClassifier):
     student_rng, teacher_rng = jax.random.split(rng)
     student_logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([labelled["images"]["student"],
-                         unlabelled["images"]["student"]]), rng=student_rng)
+        self.concat_examples([labelled["images"]["student"],
+                              unlabelled["images"]["student"]]), rng=student_rng)
     teacher_logits, _ = self.apply_train(
         state.target_params, state.target_batch_stats,
-        jnp.concatenate([labelled["images"]["teacher"],
-                         unlabelled["images"]["teacher"]]), rng=teacher_rng)
+        self.concat_examples([labelled["images"]["teacher"],
+                              unlabelled["images"]["teacher"]]), rng=teacher_rng)
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     unsupervised = losses.mean_teacher_loss(student_logits=student_logits,
                                             teacher_logits=teacher_logits)
-    metrics = ssc.target_telemetry(targets=teacher_logits[num_labelled:],
+    sizes = (num_labelled, student_logits.shape[0] - num_labelled)
+    metrics = ssc.target_telemetry(targets=self.split_examples(teacher_logits, sizes)[1],
                                    true_labels=unlabelled.get("true_label"))
     return self.combine(state=state, batch_stats=batch_stats,
-                        labelled_logits=student_logits[:num_labelled],
+                        labelled_logits=self.split_examples(student_logits, sizes)[0],
                         labels=labelled["label"], unsupervised_loss=unsupervised,
                         metrics=metrics)

@@ -86,8 +86,8 @@ class MixMatch(ssc.SemiSupervisedClassifier):
                 shape=(total,))))
     logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([mixed_labelled, mixed_unlabelled]), rng=train_rng)
-    labelled_logits, unlabelled_logits = ssc.split_rows(
+        self.concat_examples([mixed_labelled, mixed_unlabelled]), rng=train_rng)
+    labelled_logits, unlabelled_logits = self.split_examples(
         logits, [num_labelled, total - num_labelled])
 
     weight = self.unlabelled_weight(state.step)

@@ -1,13 +1,12 @@
 """Pieces every method builds on: the configured backbone and pseudo-label telemetry."""
 from __future__ import annotations
 
-import math
-
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import PartitionSpec as P
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from semissl import models
 from semissl.models import precision
@@ -25,25 +24,60 @@ def build_backbone(model_config: ml_collections.ConfigDict):
   return models.get_backbone(model_config.name, **kwargs)
 
 
-def data_axis_size(config) -> int:
-  """Devices on the 'data' mesh axis that `config.mesh` gives on this machine."""
-  mesh = dict(config.get("mesh", None) or {"data": -1})
-  others = math.prod(int(v) for k, v in mesh.items() if k != "data" and int(v) != -1)
-  size = int(mesh["data"])
-  return size if size != -1 else max(jax.device_count() // max(others, 1), 1)
-
-
-def rows_over_data(config, *, num_rows: int, paths: tuple[str, ...],
+def rows_over_data(method, *, num_rows: int, paths: tuple[str, ...],
                    what: str) -> tuple[tuple[str, P], ...]:
   """Sharding rules that split the leading (row) axis of the method-state leaves at
   `paths` over `data` (a per-example store: SimMatch's bank, the temporal
-  ensemble), or none (replicated) when `num_rows` does not divide over the devices."""
-  devices = data_axis_size(config)
+  ensemble), or none (replicated) when `num_rows` does not divide over the
+  method's data devices (`Method.data_devices`)."""
+  devices = method.data_devices
   if num_rows % devices:
     logging.info("%s of %d rows does not divide over %d devices: replicated.", what,
                  num_rows, devices)
     return ()
   return tuple((path, P("data")) for path in paths)
+
+
+def _local_devices(mesh, sizes) -> int:
+  """Devices on `mesh`'s 'data' axis when every size divides over them, else 1."""
+  devices = 1 if mesh is None else int(dict(mesh.shape).get("data", 1))
+  return devices if all(n % devices == 0 for n in sizes) else 1
+
+
+def concat_examples(arrays, *, mesh) -> jax.Array:
+  """Concatenates batches [n_i, ...] along the example axis without moving examples
+  between devices: each device's block of the result holds its own rows of every
+  array in turn (a_0, a_1, ...), so with the batch sharded over 'data' no device
+  gathers another's images (a plain concatenate re-spreads the rows: an all-gather
+  of the whole image batch). Row order therefore differs from jnp.concatenate's
+  unless the mesh has one data device; `split_examples` is the exact inverse, and
+  per-example outputs and batch statistics do not depend on the order.
+  """
+  sizes = [a.shape[0] for a in arrays]
+  devices = _local_devices(mesh, sizes)
+  if devices == 1:
+    return jnp.concatenate(arrays, axis=0)
+  spec = NamedSharding(mesh, P("data"))
+  blocks = [jax.lax.with_sharding_constraint(
+      a.reshape(devices, a.shape[0] // devices, *a.shape[1:]), spec) for a in arrays]
+  out = jnp.concatenate(blocks, axis=1)
+  return jax.lax.with_sharding_constraint(out.reshape(-1, *out.shape[2:]), spec)
+
+
+def split_examples(x: jax.Array, sizes, *, mesh) -> list[jax.Array]:
+  """The inverse of `concat_examples`: arrays of `sizes` rows, in their own order."""
+  sizes = [int(n) for n in sizes]
+  devices = _local_devices(mesh, sizes)
+  if devices == 1:
+    return list(jnp.split(x, np.cumsum(sizes)[:-1], axis=0))
+  spec = NamedSharding(mesh, P("data"))
+  blocks = jax.lax.with_sharding_constraint(x.reshape(devices, -1, *x.shape[1:]), spec)
+  out, start = [], 0
+  for n in sizes:
+    part = blocks[:, start:start + n // devices]
+    out.append(jax.lax.with_sharding_constraint(part.reshape(n, *x.shape[1:]), spec))
+    start += n // devices
+  return out
 
 
 def pseudo_label_telemetry(*, pseudo_labels: jax.Array, true_labels: jax.Array,

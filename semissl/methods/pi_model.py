@@ -29,11 +29,12 @@ class PiModel(ssc.SemiSupervisedClassifier):
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
     num_labelled = labelled["label"].shape[0]
-    images = jnp.concatenate([
-        labelled["images"]["first"], unlabelled["images"]["first"],
-        labelled["images"]["second"], unlabelled["images"]["second"]])
-    logits, batch_stats = self.apply_train(params, state.batch_stats, images, rng=rng)
-    first_logits, second_logits = jnp.split(logits, 2)
+    parts = [labelled["images"]["first"], unlabelled["images"]["first"],
+             labelled["images"]["second"], unlabelled["images"]["second"]]
+    logits, batch_stats = self.apply_train(params, state.batch_stats,
+                                           self.concat_examples(parts), rng=rng)
+    parts = self.split_examples(logits, [part.shape[0] for part in parts])
+    first_logits, second_logits = (jnp.concatenate(parts[:2]), jnp.concatenate(parts[2:]))
     unsupervised = losses.pi_model_loss(logits=first_logits,
                                         other_logits=second_logits)
     target_unlabelled = jax.lax.stop_gradient(second_logits[num_labelled:])

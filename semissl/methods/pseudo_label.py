@@ -12,7 +12,6 @@ the hidden true labels.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from semissl import losses
 from semissl.methods import base
@@ -38,9 +37,9 @@ class PseudoLabel(ssc.SemiSupervisedClassifier):
     num_labelled = labelled["label"].shape[0]
     logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([labelled["images"]["image"], unlabelled["images"]["weak"]]),
+        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["weak"]]),
         rng=rng)
-    labelled_logits, unlabelled_logits = ssc.split_rows(
+    labelled_logits, unlabelled_logits = self.split_examples(
         logits, [num_labelled, logits.shape[0] - num_labelled])
     unsupervised, extras = losses.pseudo_label_loss(
         logits=unlabelled_logits, threshold=self.option("threshold"))

@@ -9,22 +9,12 @@ cross-entropy and the common metrics.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from semissl import losses
 from semissl.methods import base, networks, rampup, supervised
-
-
-def split_rows(array: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
-  """Splits the leading axis into consecutive parts of the given sizes."""
-  offsets, total = [], 0
-  for size in sizes[:-1]:
-    total += size
-    offsets.append(total)
-  return jnp.split(array, offsets, axis=0)
 
 
 class SemiSupervisedClassifier(base.Method):
@@ -36,8 +26,8 @@ class SemiSupervisedClassifier(base.Method):
   defaults: dict = {"unlabelled_weight": 1.0, "rampup": "sigmoid", "rampup_steps": 0,
                     "rampup_start_step": 0, "label_smoothing": 0.0}
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.model = supervised.build_classifier(config, info.num_classes)
 
   def validate(self):

@@ -35,7 +35,7 @@ fine-tune stage with `config.init_from` pointing here copies the encoder.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -124,12 +124,6 @@ def vote_telemetry(*, votes: jax.Array, pseudo_labels: jax.Array,
   return jax.lax.stop_gradient(out)
 
 
-def _as_view_stack(parts: Sequence[dict], names: Sequence[str]) -> jax.Array:
-  """[V * N, H, W, C]: views in order, each the concatenation of the parts."""
-  return jnp.concatenate(
-      [jnp.concatenate([part[name] for part in parts], axis=0) for name in names], axis=0)
-
-
 @base.register
 class SemPPL(base.Method):
   """SemPPL pretraining (no classifier: evaluated via `eval_features`)."""
@@ -137,8 +131,8 @@ class SemPPL(base.Method):
   name = "semppl"
   has_classifier = False
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.options = {key: config.method.get(key, default) for key, default in DEFAULTS.items()}
     self.large_views = tuple(self.options["large_views"])
     self.small_views = tuple(self.options["small_views"])
@@ -222,22 +216,34 @@ class SemPPL(base.Method):
     if "unlabelled" in batch:
       parts.append(batch["unlabelled"]["images"])
     num_labelled = batch["labelled"]["label"].shape[0]
+
+    def stacked(names):  # every (view, part), kept on its device (networks.concat_examples)
+      return networks.concat_examples([part[name] for name in names for part in parts],
+                                      mesh=self.mesh)
+
+    def per_view(outputs, names):  # -> [V, N, D], labelled first along N
+      pieces = networks.split_examples(
+          outputs, [part[name].shape[0] for name in names for part in parts], mesh=self.mesh)
+      k = len(parts)
+      return jnp.stack([jnp.concatenate(pieces[i * k:(i + 1) * k], axis=0)
+                        for i in range(len(names))])
+
     batch_stats = state.batch_stats
     predictions = []
     for group in (self.large_views, self.small_views):
       if not group:
         continue
       (_, prediction), updates = self.model.apply(
-          {"params": params, "batch_stats": batch_stats}, _as_view_stack(parts, group),
+          {"params": params, "batch_stats": batch_stats}, stacked(group),
           train=True, mutable=["batch_stats"])
       batch_stats = updates["batch_stats"]
-      predictions.append(prediction.reshape(len(group), -1, prediction.shape[-1]))
+      predictions.append(per_view(prediction, group))
     # The target runs in training mode (batch statistics), its updates dropped.
     target, _ = self.model.apply(
         {"params": state.target_params, "batch_stats": state.target_batch_stats},
-        _as_view_stack(parts, self.large_views), train=True, mutable=["batch_stats"],
+        stacked(self.large_views), train=True, mutable=["batch_stats"],
         method=SemPPLNetwork.project)
-    target = jax.lax.stop_gradient(target.reshape(len(self.large_views), -1, target.shape[-1]))
+    target = jax.lax.stop_gradient(per_view(target, self.large_views))
     return jnp.concatenate(predictions, axis=0), target, batch_stats, num_labelled
 
   def loss_fn(self, params, batch, *, state, rng):

@@ -152,8 +152,8 @@ class SimCLR(base.Method):
   name = "simclr"
   has_classifier = False
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.network = build_network(model_config=config.model, **head_settings(config.method))
     self.temperature = float(config.method.get("temperature", 0.1))
     self.queue_size = int(config.method.get("queue_size", 0))
@@ -193,14 +193,16 @@ class SimCLR(base.Method):
     first, second = (views[name] for name in self.view_names)
     num = first.shape[0]
     # One pass over both views: batch norm statistics span all 2N images.
-    images = jnp.concatenate([first, second], axis=0)
+    # Kept on their devices (networks.concat_examples); split back below.
+    images = networks.concat_examples([first, second], mesh=self.mesh)
     outputs, updates = self.network.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
-    z = self._embedding(outputs)
+    z_first, z_second = networks.split_examples(self._embedding(outputs), (num, num),
+                                                mesh=self.mesh)
     queue = state.method_state.get("queue")
     nt_xent, extras = losses.nt_xent(
-        z[:num], z[num:], temperature=self.temperature,
+        z_first, z_second, temperature=self.temperature,
         extra_negatives=None if queue is None else queue.embeddings)
     method_state = state.method_state
     if queue is not None:
@@ -208,7 +210,8 @@ class SimCLR(base.Method):
       target_outputs, _ = self.network.apply(
           state.target_variables, images, train=True, mutable=["batch_stats"],
           rngs={"dropout": rng})
-      keys = losses.l2_normalize(jax.lax.stop_gradient(self._embedding(target_outputs)))
+      keys = losses.l2_normalize(jax.lax.stop_gradient(jnp.concatenate(networks.split_examples(
+          self._embedding(target_outputs), (num, num), mesh=self.mesh))))
       method_state = dict(method_state, queue=losses.push_labelled_queue(
           queue, embeddings=keys, labels=jnp.full((2 * num,), losses.EMPTY_LABEL)))
       extras["queue_filled"] = queue.num_filled / self.queue_size
@@ -233,8 +236,8 @@ class SimCLRFinetune(base.Method):
 
   name = "simclr_finetune"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.network = build_network(model_config=config.model, num_classes=info.num_classes,
                                  **head_settings(config.method))
     self.frozen_encoder = bool(config.method.get("frozen_encoder", False))

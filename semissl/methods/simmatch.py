@@ -89,8 +89,8 @@ class SimMatch(base.Method):
 
   name = "simmatch"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     cfg = config.method
     self.model = SimMatchNetwork(
         backbone=networks.build_backbone(config.model), num_classes=info.num_classes,
@@ -150,7 +150,7 @@ class SimMatch(base.Method):
 
   def state_sharding_rules(self):
     return networks.rows_over_data(
-        self.config, num_rows=self.num_slots, what="SimMatch bank",
+        self, num_rows=self.num_slots, what="SimMatch bank",
         paths=(r"method_state/bank/embeddings", r"method_state/bank/labels"))
 
   def _apply(self, params, batch_stats, images, *, train, rng):
@@ -169,26 +169,26 @@ class SimMatch(base.Method):
     u_s = batch["unlabelled"]["images"]["strong"]
     n_l, n_u = x_l.shape[0], u_w.shape[0]
     student_rng, teacher_rng = jax.random.split(rng)
+    # Each pass's images stay on their devices (networks.concat_examples).
+    concat = lambda arrays: networks.concat_examples(arrays, mesh=self.mesh)
+    split = lambda outputs, sizes: networks.split_examples(outputs, sizes, mesh=self.mesh)
     if self.variant == "student_teacher":
       (logits, embeddings), batch_stats = self._apply(
-          params, state.batch_stats, jnp.concatenate([x_l, u_s]), train=True,
-          rng=student_rng)
+          params, state.batch_stats, concat([x_l, u_s]), train=True, rng=student_rng)
       (t_logits, t_embeddings), _ = self._apply(
-          state.target_params, state.target_batch_stats, jnp.concatenate([x_l, u_w]),
+          state.target_params, state.target_batch_stats, concat([x_l, u_w]),
           train=bool(self.config.method.get("teacher_train_mode", True)), rng=teacher_rng)
-      weak_logits, weak_embeddings = t_logits[n_l:], t_embeddings[n_l:]
-      bank_embeddings = t_embeddings[:n_l]
-      strong_logits, strong_embeddings = logits[n_l:], embeddings[n_l:]
+      _, weak_logits = split(t_logits, (n_l, n_u))
+      bank_embeddings, weak_embeddings = split(t_embeddings, (n_l, n_u))
+      labelled_logits, strong_logits = split(logits, (n_l, n_u))
+      _, strong_embeddings = split(embeddings, (n_l, n_u))
     else:
       (logits, embeddings), batch_stats = self._apply(
-          params, state.batch_stats, jnp.concatenate([x_l, u_w, u_s]), train=True,
-          rng=student_rng)
-      weak_logits = logits[n_l:n_l + n_u]
-      weak_embeddings = embeddings[n_l:n_l + n_u]
-      bank_embeddings = embeddings[:n_l]
-      strong_logits, strong_embeddings = logits[n_l + n_u:], embeddings[n_l + n_u:]
+          params, state.batch_stats, concat([x_l, u_w, u_s]), train=True, rng=student_rng)
+      labelled_logits, weak_logits, strong_logits = split(logits, (n_l, n_u, n_u))
+      bank_embeddings, weak_embeddings, strong_embeddings = split(embeddings, (n_l, n_u, n_u))
     sg = jax.lax.stop_gradient
-    return dict(labelled_logits=logits[:n_l], weak_logits=sg(weak_logits),
+    return dict(labelled_logits=labelled_logits, weak_logits=sg(weak_logits),
                 weak_embeddings=sg(weak_embeddings), bank_embeddings=sg(bank_embeddings),
                 strong_logits=strong_logits, strong_embeddings=strong_embeddings,
                 batch_stats=batch_stats)

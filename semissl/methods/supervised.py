@@ -29,8 +29,8 @@ class Supervised(base.Method):
 
   name = "supervised"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     self.model = build_classifier(config, info.num_classes)
 
   def validate(self):

@@ -53,7 +53,7 @@ class TemporalEnsembling(ssc.SemiSupervisedClassifier):
 
   def state_sharding_rules(self):
     return networks.rows_over_data(
-        self.config, num_rows=self.info.num_unlabelled, what="Temporal ensemble",
+        self, num_rows=self.info.num_unlabelled, what="Temporal ensemble",
         paths=(r"method_state/ensemble", r"method_state/updates"))
 
   def loss_fn(self, params, batch, *, state, rng):
@@ -61,9 +61,10 @@ class TemporalEnsembling(ssc.SemiSupervisedClassifier):
     num_labelled = labelled["label"].shape[0]
     logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([labelled["images"]["image"], unlabelled["images"]["image"]]),
+        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["image"]]),
         rng=rng)
-    labelled_logits, unlabelled_logits = logits[:num_labelled], logits[num_labelled:]
+    labelled_logits, unlabelled_logits = self.split_examples(
+        logits, (num_labelled, logits.shape[0] - num_labelled))
 
     store, alpha = state.method_state, self.option("alpha")
     slots = unlabelled["index"].astype(jnp.int32)

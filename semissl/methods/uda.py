@@ -14,7 +14,6 @@ Telemetry 'pl_*': argmax of the weak view, its mask rate and masked accuracy.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from semissl import losses
 from semissl.methods import base
@@ -45,9 +44,9 @@ class UDA(ssc.SemiSupervisedClassifier):
     num_unlabelled = unlabelled["images"]["weak"].shape[0]
     logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([labelled["images"]["image"], unlabelled["images"]["weak"],
-                         unlabelled["images"]["strong"]]), rng=rng)
-    labelled_logits, weak_logits, strong_logits = ssc.split_rows(
+        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["weak"],
+                              unlabelled["images"]["strong"]]), rng=rng)
+    labelled_logits, weak_logits, strong_logits = self.split_examples(
         logits, [num_labelled, num_unlabelled, num_unlabelled])
     unsupervised, extras = losses.uda_loss(
         teacher_logits=weak_logits, student_logits=strong_logits,

@@ -63,16 +63,16 @@ class VAT(ssc.SemiSupervisedClassifier):
     dropout_rng, direction_rng = jax.random.split(rng)
     logits, batch_stats = self.apply_train(
         params, state.batch_stats,
-        jnp.concatenate([labelled_images, unlabelled_images]), rng=dropout_rng)
-    labelled_logits, unlabelled_logits = ssc.split_rows(
+        self.concat_examples([labelled_images, unlabelled_images]), rng=dropout_rng)
+    labelled_logits, unlabelled_logits = self.split_examples(
         logits, [num_labelled, logits.shape[0] - num_labelled])
 
     def perturbed_logits(variables, perturbed_unlabelled):
       # Same batch composition as the clean pass; the new statistics are dropped.
       perturbed, _ = self.apply_train(
           variables, state.batch_stats,
-          jnp.concatenate([labelled_images, perturbed_unlabelled]), rng=dropout_rng)
-      return perturbed[num_labelled:]
+          self.concat_examples([labelled_images, perturbed_unlabelled]), rng=dropout_rng)
+      return self.split_examples(perturbed, (num_labelled, perturbed_unlabelled.shape[0]))[1]
 
     # The power iteration sees sg(params): r_vadv is a constant of the step, so
     # the params gradient need not trace the derivative of the power iteration.

@@ -31,7 +31,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from semissl.losses.ema import byol_cosine_ema_decay, mean_teacher_ema_decay
 from semissl.training.sharding import path_to_str
 
 DEFAULT_NO_DECAY = r"(bias|scale|pos_embedding|cls)$"
@@ -178,17 +177,3 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int, total_ste
                           use_grad_mean=True).gradient_transformation()
   return tx, schedule
 
-
-def ema_decay(config: ml_collections.ConfigDict, step: jax.Array, total_steps: int) -> jax.Array:
-  """Target-network decay: constant `ema.decay`, BYOL's cosine ramp to 1, or Mean
-  Teacher's warm-up min(1 - 1/(k + 1), decay) ('mean_teacher')."""
-  base_decay = config.ema.decay
-  schedule = config.ema.get("schedule", "constant")
-  if schedule == "byol_cosine":
-    return byol_cosine_ema_decay(step=step, total_steps=max(total_steps, 1),
-                                 base_decay=base_decay)
-  if schedule == "mean_teacher":
-    return mean_teacher_ema_decay(step=step, decay=base_decay)
-  if schedule != "constant":
-    raise ValueError(f"ema.schedule={schedule!r}; known: constant, byol_cosine, mean_teacher.")
-  return jnp.asarray(base_decay, jnp.float32)

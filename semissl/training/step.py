@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from semissl import losses
 from semissl.methods.base import Method
 from semissl.training.optimizers import check_grad_accum_steps
 from semissl.training.sharding import batch_sharding, replicated
@@ -38,7 +39,7 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation, *,
 
   `grad_accum_steps` must be the k `optimizer` accumulates over (optax.MultiSteps,
   `optimizers.make_optimizer(..., grad_accum_steps=k)`); `lr_schedule` and
-  `ema_decay_fn` take the optimizer update count.
+  `ema_decay_fn` (`losses.ema_schedule`) take the optimizer update count.
   """
   k = check_grad_accum_steps(grad_accum_steps)
 
@@ -51,13 +52,14 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation, *,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)  # zero updates mid-accumulation
     decay = ema_decay_fn(update_step)
-    rate = 1.0 - decay
+    moving = decay
     if k > 1:  # the target moves with the parameters: on the update's last micro-step
-      rate = jnp.where(state.step % k == k - 1, rate, 0.0)
-    # target <- decay * target + (1 - decay) * online
-    target_params = optax.incremental_update(params, state.target_params, rate)
-    target_batch_stats = optax.incremental_update(aux.batch_stats, state.target_batch_stats,
-                                                  rate)
+      moving = jnp.where(state.step % k == k - 1, decay, 1.0)
+    # target <- decay * target + (1 - decay) * online (losses/ema.py)
+    target_params = losses.ema_update(target_params=state.target_params,
+                                      online_params=params, decay=moving)
+    target_batch_stats = losses.ema_update(target_params=state.target_batch_stats,
+                                           online_params=aux.batch_stats, decay=moving)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=aux.batch_stats, opt_state=opt_state,
         target_params=target_params, target_batch_stats=target_batch_stats,

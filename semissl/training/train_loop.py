@@ -34,107 +34,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
-from semissl import methods
-from semissl.training import (checkpointing, evaluation, model_info, optimizers, safety,
-                               sharding, workdirs)
+from semissl.training import (checkpointing, evaluators, model_info, safety, setup, sharding,
+                               workdirs)
 from semissl.training.metrics import MetricLogger, StepTimer
-from semissl.training.step import make_eval_step, make_train_step
-from semissl.training.train_state import TrainState
-
-
-def _dataset_info(info, config, labelled_labels=None) -> methods.DatasetInfo:
-  per_epoch = steps_per_epoch(config, info)
-  total_steps = int(config.get("num_train_steps") or round(config.num_epochs * per_epoch))
-  return methods.DatasetInfo(num_classes=info.num_classes, image_shape=tuple(info.image_shape),
-                             num_labelled=info.num_labelled, num_unlabelled=info.num_unlabelled,
-                             steps_per_epoch=per_epoch, total_steps=total_steps,
-                             labelled_labels=labelled_labels)
-
-
-def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
-  """k, the micro-batches per optimizer update (`config.grad_accum_steps`, default 1)."""
-  return optimizers.check_grad_accum_steps(config.get("grad_accum_steps", 1))
-
-
-def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """One-line errors for bad input, raised before any data is read or compiled."""
-  methods.get_method(config.method.name)  # unknown names list the known ones
-  grad_accum_steps(config)
-  if config.batch_size <= 0:
-    raise ValueError(f"batch_size={config.batch_size} must be positive.")
-  sharding.check_divisible("batch_size", config.batch_size, mesh)
-  mu = config.get("mu", 0)
-  if mu:
-    sharding.check_divisible("mu*batch_size", int(mu * config.batch_size), mesh)
-  sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
-  if not (config.get("num_train_steps") or config.get("num_epochs")):
-    raise ValueError("Set config.num_train_steps or config.num_epochs.")
-
-
-def steps_per_epoch(config, info) -> int:
-  """Optimizer updates per epoch: an epoch is a pass over the unlabelled stream if
-  there is one, else the labelled, in effective batches (x `grad_accum_steps`)."""
-  mu, k = config.get("mu", 0), grad_accum_steps(config)
-  if mu and config.data.get("unlabelled_views"):
-    return max(info.num_unlabelled // (int(mu * config.batch_size) * k), 1)
-  return max(info.num_labelled // (config.batch_size * k), 1)
-
-
-def lr_batch_size(config) -> int:
-  """The batch the learning rate is scaled by: `optimizer.lr_batch_size` if set, else the
-  effective batch, `batch_size` x `grad_accum_steps`."""
-  return int(config.optimizer.get("lr_batch_size", 0) or
-             config.batch_size * grad_accum_steps(config))
-
-
-def state_init_fn(method, optimizer, *, rng):
-  """`init_fn(batch) -> TrainState` at step 0 (the EMA target starts at the params)."""
-  init_rng, state_rng = jax.random.split(rng)
-
-  def init_fn(batch):
-    variables, method_state = method.init(init_rng, batch)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params), target_params=params,
-                      target_batch_stats=batch_stats, method_state=method_state, rng=state_rng)
-
-  return init_fn
-
-
-def create_state(method, optimizer, *, rng, example_batch, mesh, extra_rules=()):
-  """Initialises the TrainState directly into its shardings. Returns (state, shardings)."""
-  init_fn = state_init_fn(method, optimizer, rng=rng)
-  abstract = jax.eval_shape(init_fn, example_batch)
-  rules = list(extra_rules) + list(method.state_sharding_rules())
-  state_shardings = sharding.tree_shardings(abstract, mesh, rules)
-  state = jax.jit(init_fn, out_shardings=state_shardings)(example_batch)
-  return state, state_shardings
-
-
-def make_evaluator(method, *, config, mesh, state_shardings):
-  """The eval step for `evaluate`: top-1/top-5 of the classifier, or for methods
-  without one (`has_classifier=False`) the k-NN monitor of encoder features."""
-  if method.has_classifier:
-    return make_eval_step(method, mesh=mesh, state_shardings=state_shardings)
-  return evaluation.KnnMonitor(method, mesh=mesh, state_shardings=state_shardings,
-                               **dict(config.get("knn_monitor", None) or {}))
-
-
-def evaluate(eval_step, state, data, mesh) -> dict[str, float]:
-  """Eval metrics of `state`: `eval_top1`, `eval_top5` and their `eval_ema_*`, or,
-  with a `KnnMonitor` as `eval_step`, `eval_knn_top1` and `eval_ema_knn_top1`; with
-  a validation split (`data.validation_size`) the same on it as `val_*`."""
-  if isinstance(eval_step, evaluation.KnnMonitor):
-    return eval_step(state, data)
-  sums_fn = lambda local_batch: eval_step(state, sharding.global_batch(local_batch, mesh))
-  metrics: dict[str, float] = {}
-  for prefix, batches in evaluation.eval_splits(data).items():
-    metrics.update(evaluation.mean_over_batches(sums_fn, batches(), prefix=prefix))
-  return metrics
 
 
 def _check_workdir(workdir: str) -> None:
@@ -171,8 +75,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   from semissl import data as data_lib  # the only TensorFlow user, imported here
 
-  mesh = sharding.make_mesh(config.get("mesh", None))
-  validate_config(config, mesh)
+  mesh = setup.make_mesh(config)
+  setup.validate_config(config, mesh)
   _check_workdir(workdir)
   if config.get("init_from") and not checkpointing.has_checkpoint(workdir):
     checkpointing.require_checkpoint(config.init_from)  # before anything is written
@@ -180,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                               write=jax.process_index() == 0)
   if accepted:
     logging.warning("Resuming with changed config: %s", "; ".join(accepted))
-  k = grad_accum_steps(config)
+  k = setup.grad_accum_steps(config)
   manager = checkpointing.make_manager(  # orbax counts micro-steps (state.step)
       workdir, max_to_keep=config.get("keep_checkpoints", 3),
       save_interval_steps=config.get("checkpoint_every_steps", 1000) * k)
@@ -192,24 +96,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       eval_batch_size=config.eval_batch_size, seed=config.seed, workdir=workdir,
       process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step)
-  info = _dataset_info(data.info, config, labelled_labels=data.labelled_labels)
-  method = methods.get_method(config.method.name)(config, info)
-  method.validate()
+  info = setup.dataset_info_of(data, config)
+  train_iter = data.train_iter()
+  first_batch = sharding.global_batch(next(train_iter), mesh)
+  run = setup.build(config, info, example_batch=first_batch, mesh=mesh)
+  method, state = run.method, run.state
   if jax.process_index() == 0:  # what `semissl.load` needs besides config.json
     model_info.write(workdir, model_info.make_record(
         config=config, info=info, mean=data.info.mean, std=data.info.std,
         class_names=data.info.class_names, has_classifier=method.has_classifier))
-  per_epoch, total_steps = info.steps_per_epoch, info.total_steps
-  optimizer, schedule = optimizers.make_optimizer(
-      config.optimizer, batch_size=lr_batch_size(config), total_steps=total_steps,
-      steps_per_epoch=per_epoch, layer_id_fn=getattr(method, "layer_id_fn", None),
-      grad_accum_steps=k)
-
-  train_iter = data.train_iter()
-  first_batch = sharding.global_batch(next(train_iter), mesh)
-  state, state_shardings = create_state(
-      method, optimizer, rng=jax.random.PRNGKey(config.seed), example_batch=first_batch,
-      mesh=mesh, extra_rules=config.get("sharding_rules", ()))
+  total_steps = info.total_steps
 
   if latest is not None:
     logging.info("Resuming from %s at step %d.", workdir, latest)
@@ -224,21 +120,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           target_params=copy(loaded["params"]),
                           target_batch_stats=copy(loaded["batch_stats"]))
   if latest is None:
-    state = state.replace(method_state=method.load_method_state(state.method_state))
+    state = state.replace(method_state=method.load_method_state(
+        state.method_state, load_variables=checkpointing.load_variables_from))
 
-  ema_fn = lambda step: optimizers.ema_decay(config, step, total_steps)
-  train_step = make_train_step(method, optimizer, lr_schedule=schedule, ema_decay_fn=ema_fn,
-                               mesh=mesh, state_shardings=state_shardings,
-                               grad_accum_steps=k)
-  eval_step = make_evaluator(method, config=config, mesh=mesh, state_shardings=state_shardings)
+  evaluator = evaluators.make_evaluator(config, method, mesh=mesh,
+                                        state_shardings=run.state_shardings)
   logger = MetricLogger(workdir, total_steps=total_steps,
                         log_every=config.get("log_every_steps", 50),
                         start_step=int(jax.device_get(state.step)) // k, grad_accum_steps=k)
 
   with safety.StopSignals() as signals:
     try:
-      outcome = _train(state, first_batch, train_step=train_step, train_iter=train_iter,
-                       eval_step=eval_step, data=data, mesh=mesh, manager=manager,
+      outcome = _train(state, first_batch, train_step=run.train_step, train_iter=train_iter,
+                       evaluator=evaluator, data=data, mesh=mesh, manager=manager,
                        logger=logger, signals=signals, config=config, workdir=workdir,
                        total_steps=total_steps, grad_accum_steps=k)
     except safety.Interrupted as interrupted:
@@ -274,7 +168,7 @@ def _save_error_line(workdir: str, error: BaseException) -> str:
           "the same command to resume from the last good checkpoint.")
 
 
-def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manager, logger,
+def _train(state, batch, *, train_step, train_iter, evaluator, data, mesh, manager, logger,
            signals, config, workdir, total_steps, grad_accum_steps=1):
   """The loop proper; returns (final update count, final eval metrics, train seconds).
 
@@ -319,7 +213,7 @@ def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manag
     if eval_every and step % eval_every == 0 and step < total_steps:
       guard.check_now(step, metrics)  # no evaluation of a diverged state
       with timer.paused():
-        eval_metrics = evaluate(eval_step, state, data, mesh)
+        eval_metrics = evaluator(state, data)
         logger.write(step // k, eval_metrics)
     save()
     preempted = manager.reached_preemption(step)
@@ -338,7 +232,7 @@ def _train(state, batch, *, train_step, train_iter, eval_step, data, mesh, manag
 
   if metrics is not None:
     guard.check_now(step, metrics)
-  eval_metrics = evaluate(eval_step, state, data, mesh)
+  eval_metrics = evaluator(state, data)
   logger.write(step // k, eval_metrics)
   save(force=True)
   return step // k, eval_metrics, time.time() - start_time

@@ -10,6 +10,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -24,6 +25,19 @@ class TrainState:
   target_batch_stats: PyTree
   method_state: PyTree
   rng: jax.Array  # raw uint32 key; the step's key is fold_in(rng, step)
+
+  @classmethod
+  def create(cls, *, params: PyTree, batch_stats: PyTree, rng: jax.Array,
+             opt_state: PyTree = None, method_state: PyTree = None, step: Any = 0,
+             target_params: PyTree = None, target_batch_stats: PyTree = None) -> "TrainState":
+    """The one constructor (as flax's `TrainState.create`): the EMA target starts at
+    the online variables unless given; no optimizer / method state means empty."""
+    return cls(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
+               opt_state={} if opt_state is None else opt_state,
+               target_params=params if target_params is None else target_params,
+               target_batch_stats=(batch_stats if target_batch_stats is None
+                                   else target_batch_stats),
+               method_state={} if method_state is None else method_state, rng=rng)
 
   @property
   def variables(self) -> dict[str, PyTree]:

@@ -22,6 +22,7 @@ CONFIG_FILENAME = "config.json"
 RESUMABLE_KEYS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "eval_batch_size", "mesh", "sharding_rules", "init_from", "knn_monitor",
+    "evaluator",
     "data.data_dir", "data.tf_threads", "data.prefetch", "data.storage",
     "data.max_memory_bytes", "data.index_cache_dir", "data.index_wait_s",
 )

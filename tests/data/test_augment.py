@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from semissl.data import augment
+from semissl.data import augment_simclr, augment_strong  # noqa: F401  (register their views)
 
 
 def _run(image, spec, seed, image_size):

@@ -56,10 +56,9 @@ def _fabricate(name, workdir):
   batch = _example_batch(config, np.random.RandomState(0))
   variables, _ = jax.device_get(jax.jit(method.init)(jax.random.PRNGKey(0), batch))
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  state = TrainState(step=np.int32(4), params=params, batch_stats=batch_stats,
-                     opt_state={}, target_params=jax.tree.map(lambda x: x * 0.5, params),
-                     target_batch_stats=batch_stats, method_state={},
-                     rng=np.zeros(2, np.uint32))
+  state = TrainState.create(step=4, params=params, batch_stats=batch_stats,
+                            target_params=jax.tree.map(lambda x: x * 0.5, params),
+                            rng=np.zeros(2, np.uint32))
   workdirs.check_and_record_config(str(workdir), config)
   model_info.write(str(workdir), model_info.make_record(
       config=config, info=info, mean=MEAN, std=STD, class_names=None,

@@ -20,9 +20,8 @@ from PIL import Image
 
 import semissl
 from configs import fixmatch_fmnist, supervised_fmnist
-from semissl import methods
 from semissl.data import idx_files
-from semissl.training import train_and_evaluate, train_loop
+from semissl.training import setup, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"supervised": supervised_fmnist, "fixmatch": fixmatch_fmnist}
@@ -35,8 +34,7 @@ def _reference(config, workdir):
   data = data_lib.build_input(config.data, batch_size=config.batch_size,
                               mu=config.get("mu", 0), eval_batch_size=config.eval_batch_size,
                               seed=config.seed)
-  method = methods.get_method(config.method.name)(
-      config, train_loop._dataset_info(data.info, config))  # pylint: disable=protected-access
+  method = setup.build_method(config, setup.dataset_info_of(data, config), mesh=None)
   step = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
   state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
   batch = next(data.eval_iter())

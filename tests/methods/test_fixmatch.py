@@ -16,7 +16,7 @@ from configs import emateacher_fmnist, fixmatch_cifar, fixmatch_fmnist, semivit_
 from semissl import losses, methods, models
 from semissl.losses import mixing
 from semissl.methods import fixmatch
-from semissl.training import evaluation, optimizers, sharding, train_and_evaluate
+from semissl.training import offline_evaluation, optimizers, sharding, train_and_evaluate
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
 
@@ -72,9 +72,9 @@ def setup(mesh8):
   batch_stats = variables["batch_stats"]
   # Running statistics for the eval-mode teacher that differ from the init.
   target_stats = jax.tree.map(lambda s: s + 0.1, batch_stats)
-  return TrainState(step=jnp.asarray(5), params=params, batch_stats=batch_stats,
-                    opt_state=(), target_params=target, target_batch_stats=target_stats,
-                    method_state={}, rng=jax.random.PRNGKey(3)), batch
+  return TrainState.create(step=5, params=params, batch_stats=batch_stats,
+                           target_params=target, target_batch_stats=target_stats,
+                           rng=jax.random.PRNGKey(3)), batch
 
 
 def _loss(method_obj, state, batch):
@@ -454,13 +454,13 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
   for key in ("train_loss", "train_loss_l", "train_loss_u"):
     assert np.isfinite(results[key]), key
   # The restored checkpoint's confusion agrees with the loop's own evaluation.
-  matrices = evaluation.classifier_confusion(config, str(tmp_path), split="eval")
+  matrices = offline_evaluation.classifier_confusion(config, str(tmp_path), split="eval")
   for prefix, matrix in matrices.items():
     assert matrix.shape == (10, 10)
     np.testing.assert_allclose(np.trace(matrix) / matrix.sum(),
                                results[f"eval_{prefix}top1"], atol=1e-6)
   with pytest.raises(ValueError, match="validation_size"):
-    evaluation.classifier_confusion(config, str(tmp_path))  # runlocal: no validation
+    offline_evaluation.classifier_confusion(config, str(tmp_path))  # runlocal: no validation
 
 
 def test_semivit_stages_chained_by_init_from(tiny_fmnist, tmp_path):

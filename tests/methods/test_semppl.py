@@ -71,11 +71,9 @@ def setup():
   variables, method_state = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
   # A distinct EMA target, as after some training.
   target = jax.tree.map(lambda x: x * 0.9, variables["params"])
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=None, target_params=target,
-      target_batch_stats=variables["batch_stats"], method_state=method_state,
-      rng=jax.random.PRNGKey(5))
+  state = TrainState.create(params=variables["params"], batch_stats=variables["batch_stats"],
+                            target_params=target, method_state=method_state,
+                            rng=jax.random.PRNGKey(5))
   return method, batch, variables, state
 
 

@@ -8,16 +8,15 @@ agree. The batch is sharded over `data` and the method's state by its own
 split (global batch norm, negatives and pseudo-labels over the global batch,
 sharded queue / bank writes, the step rng).
 """
+import re
+
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from semissl import methods
-from semissl.training import optimizers, sharding
-from semissl.training import step as step_lib
-from semissl.training.train_state import TrainState
+from semissl.training import setup, sharding
 
 NUM_CLASSES = 3
 SIZE = 8
@@ -148,53 +147,56 @@ def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def _method(case, config=None):
-  config = config or _config(case)
-  info = methods.DatasetInfo(
+def _info():
+  return methods.DatasetInfo(
       num_classes=NUM_CLASSES, image_shape=(SIZE, SIZE, 1), num_labelled=NUM_LABELLED,
       num_unlabelled=NUM_UNLABELLED, steps_per_epoch=4, total_steps=TOTAL_STEPS,
       labelled_labels=LABELLED_LABELS)
-  method = methods.get_method(config.method.name)(config, info)
-  method.validate()
-  tx, schedule = optimizers.make_optimizer(config.optimizer, batch_size=B,
-                                           total_steps=TOTAL_STEPS, steps_per_epoch=4)
-  return config, method, tx, schedule
 
 
-def _initial_state(method, tx, batch):
-  """`create_state`'s TrainState (its `init_fn`) on the host, compiled at XLA's
-  lowest backend optimisation (FAST_COMPILE); both meshes start from this copy."""
-  def init_fn(batch):
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(0))
-    variables, method_state = method.init(init_rng, batch)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), target_params=params,
-                      target_batch_stats=batch_stats, method_state=method_state,
-                      rng=state_rng)
+def _run(case, devices, batch, config=None):
+  """The abstract run (setup.build: method on this mesh, optimizer, state shardings,
+  train step) of `case` on a 'data' mesh over `devices`."""
+  mesh = sharding.make_mesh({"data": -1}, devices=devices)
+  return setup.build(config or _config(case), _info(), mesh=mesh, abstract=True,
+                     example_batch=sharding.global_batch(batch, mesh),
+                     rng=jax.random.PRNGKey(0))
 
+
+def _initial_state(run, batch):
+  """The run's TrainState at step 0 on the host, compiled at XLA's lowest backend
+  optimisation (FAST_COMPILE); both meshes start from this copy."""
+  init_fn = setup.state_init_fn(run.method, run.optimizer, rng=jax.random.PRNGKey(0))
   return _host(jax.jit(init_fn, compiler_options=FAST_COMPILE)(batch))
 
 
 def _train_two_steps(case, initial_state, devices):
   """Two train steps from `initial_state` (host) on a 'data' mesh over `devices`."""
-  config, method, tx, schedule = _method(case)
-  mesh = sharding.make_mesh({"data": -1}, devices=devices)
-  # As `create_state`: replicated, except the method's rules (queues, banks).
-  shardings = sharding.tree_shardings(initial_state, mesh, method.state_sharding_rules())
-  state = jax.device_put(initial_state, shardings)
-  batches = [sharding.global_batch(_batch(case, seed), mesh) for seed in (0, 1)]
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, TOTAL_STEPS), mesh=mesh,
-      state_shardings=shardings)
+  batches = [_batch(case, seed) for seed in (0, 1)]
+  run = _run(case, devices, batches[0])
+  state = jax.device_put(initial_state, run.state_shardings)
+  batches = [sharding.global_batch(batch, run.mesh) for batch in batches]
   # The jitted step itself (its shardings and donation), lowered and compiled once.
-  train_step = train_step.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
+  train_step = run.train_step.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
   metrics = []
   for batch in batches:
     state, step_metrics = train_step(state, batch)
     metrics.append(step_metrics)
-  return state, shardings, metrics
+  return state, run.state_shardings, metrics, run.method, train_step.as_text()
+
+
+# Mixup partners drawn from the whole global batch move images between devices by
+# design (MixMatch, ICT, Semi-ViT's pseudo mixup); every other step keeps each
+# device's images on it (networks.concat_examples).
+MIXES_ACROSS_DEVICES = {"mixmatch", "ict", "emateacher_pseudo_mixup"}
+_MOVES = re.compile(r"= \S+ (all-gather|all-to-all|collective-permute)(-start)?\(")
+_IMAGES = re.compile(r"\[\d+,(?:%d|6),(?:%d|6),1\]" % (SIZE, SIZE))
+
+
+def _image_moves(hlo: str) -> list[str]:
+  """The compiled step's collectives whose operand or result is a batch of images."""
+  return [line.strip()[:160] for line in hlo.split("\n")
+          if _MOVES.search(line) and _IMAGES.search(line)]
 
 
 def _assert_trees_close(ours, reference, what):
@@ -223,10 +225,13 @@ def _assert_trees_close(ours, reference, what):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_eight_devices_equal_one_device(case):
   assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
-  _, method, tx, _ = _method(case)
-  initial_state = _initial_state(method, tx, _batch(case, 0))
-  state8, shardings8, metrics8 = _train_two_steps(case, initial_state, jax.devices())
-  state1, _, metrics1 = _train_two_steps(case, initial_state, jax.devices()[:1])
+  batch = _batch(case, 0)
+  initial_state = _initial_state(_run(case, jax.devices()[:1], batch), batch)
+  state8, shardings8, metrics8, method, hlo8 = _train_two_steps(case, initial_state,
+                                                                jax.devices())
+  state1, _, metrics1, _, _ = _train_two_steps(case, initial_state, jax.devices()[:1])
+  moves = _image_moves(hlo8)
+  assert bool(moves) == (case in MIXES_ACROSS_DEVICES), "\n".join(moves)
   metrics8, metrics1 = _host(metrics8), _host(metrics1)
   # The 8-device run really is spread: every leaf on 8 devices as `shardings8` says
   # (replicated, except queues and banks split on their slot axis by the rules).

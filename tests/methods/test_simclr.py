@@ -16,9 +16,9 @@ from jax.sharding import PartitionSpec as P
 from configs import simclrv2_fmnist, simclrv2_r50
 from semissl import models
 from semissl.methods import base, distill, simclr
-from semissl.training import checkpointing, evaluation, optimizers, sharding
+from semissl.training import checkpointing, offline_evaluation, optimizers, sharding
 from semissl.training import train_and_evaluate
-from semissl.training.train_loop import create_state
+from semissl.training.setup import create_state
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
 
@@ -87,10 +87,8 @@ def test_semppl_head_type_loads_the_projector_first_layer():
 
 def _plain_state(variables, method_state=None):
   """A TrainState without optimizer, the EMA target equal to the online variables."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables["batch_stats"], opt_state={},
-                    target_params=variables["params"], target_batch_stats=variables["batch_stats"],
-                    method_state=method_state or {}, rng=jax.random.PRNGKey(0))
+  return TrainState.create(params=variables["params"], batch_stats=variables["batch_stats"],
+                           method_state=method_state, rng=jax.random.PRNGKey(0))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -256,7 +254,8 @@ def test_distill_teacher_from_checkpoint_and_eq2_eq3(tmp_path):
   method = distill.SimCLRDistill(_distill_config(str(tmp_path / "teacher"), alpha=0.25), INFO)
   method.validate()
   variables, method_state = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
-  state = _plain_state(variables, method.load_method_state(method_state))
+  state = _plain_state(variables, method.load_method_state(
+      method_state, load_variables=checkpointing.load_variables_from))
   teacher = state.method_state["teacher"]
   jax.tree.map(np.testing.assert_array_equal, teacher, fine_variables)
 
@@ -290,7 +289,8 @@ def test_distill_teacher_from_checkpoint_and_eq2_eq3(tmp_path):
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with pytest.raises(ValueError, match=match):
       other.load_method_state(jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract))
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract),
+          load_variables=checkpointing.load_variables_from)
 
 
 def test_fmnist_finetune_protocol_follows_the_label_regime():
@@ -388,6 +388,6 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_dir):
     assert all(0.0 <= v <= 1.0 for k, v in results.items() if k.startswith("eval_"))
   assert {"train_distillation", "train_teacher_accuracy"} <= set(final)
 
-  linear = evaluation.linear_evaluation(pre_config, workdir["pretrain"], max_steps=20)
+  linear = offline_evaluation.linear_evaluation(pre_config, workdir["pretrain"], max_steps=20)
   assert linear["linear_num_train"] == 20
   assert all(0.0 <= linear[k] <= 1.0 for k in ("linear_top1", "ema_linear_top1"))

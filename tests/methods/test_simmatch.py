@@ -13,7 +13,8 @@ import pytest
 
 from configs import simmatch_cifar, simmatch_fmnist, simmatch_r50
 from semissl import methods
-from semissl.training import sharding, train_and_evaluate, train_loop
+from semissl.training import sharding, train_and_evaluate
+from semissl.training.setup import validate_config
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
 
@@ -73,10 +74,9 @@ def _setup(mesh, **method):
   shardings = sharding.tree_shardings({"method_state": method_state}, mesh,
                                       method_obj.state_sharding_rules())
   method_state = jax.device_put(method_state, shardings["method_state"])
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables["batch_stats"], opt_state=(),
-                     target_params=target, target_batch_stats=variables["batch_stats"],
-                     method_state=method_state, rng=jax.random.PRNGKey(3))
+  state = TrainState.create(params=params, batch_stats=variables["batch_stats"],
+                            target_params=target, method_state=method_state,
+                            rng=jax.random.PRNGKey(3))
   return method_obj, state, batch
 
 
@@ -310,7 +310,7 @@ def test_unlabelled_batch_not_divisible_by_devices(mesh8):
     config.mu = 3.5  # 8 labelled images are fine, 28 unlabelled are not
   with pytest.raises(ValueError, match=r"mu\*batch_size=28 is not divisible by the 8 "
                      "devices on the 'data' axis; use a multiple of 8"):
-    train_loop.validate_config(config, mesh8)
+    validate_config(config, mesh8)
 
 
 def test_paper_values():

@@ -10,8 +10,9 @@ import pytest
 
 from semissl.data import build_input
 from semissl.methods import base
-from semissl.training import evaluation, optimizers, sharding
-from semissl.training.train_loop import create_state
+from configs import protocols
+from semissl.training import evaluators, offline_evaluation, optimizers, sharding
+from semissl.training.setup import create_state
 from tests.data import fake_data
 
 
@@ -30,7 +31,7 @@ def test_knn_scores_match_numpy(k, temperature):
   rs = np.random.RandomState(0)
   query, bank = rs.normal(size=(7, 5)), rs.normal(size=(11, 5))
   bank_labels = rs.randint(0, 3, size=11)
-  scores = evaluation.knn_class_scores(
+  scores = evaluators.knn_class_scores(
       query_features=jnp.asarray(query, jnp.float32), bank_features=jnp.asarray(bank, jnp.float32),
       bank_labels=jnp.asarray(bank_labels), num_classes=3, k=k, temperature=temperature)
   expected = _numpy_knn_scores(query.astype(np.float64), bank.astype(np.float64), bank_labels,
@@ -98,7 +99,7 @@ def test_knn_monitor_matches_numpy_on_mesh(mesh8, with_validation):
   example = sharding.global_batch({"images": {"image": bank[:8]}}, mesh8)
   state, shardings = create_state(method, optax.identity(), rng=jax.random.PRNGKey(0),
                                   example_batch=example, mesh=mesh8)
-  monitor = evaluation.KnnMonitor(method, mesh=mesh8, state_shardings=shardings, k=5,
+  monitor = evaluators.KnnMonitor(method, mesh=mesh8, state_shardings=shardings, k=5,
                                   temperature=0.1)
   validation = (val_queries, val_labels) if with_validation else None
   metrics = monitor(state, _ToyData(bank, bank_labels, queries, query_labels,
@@ -118,6 +119,47 @@ def test_knn_monitor_matches_numpy_on_mesh(mesh8, with_validation):
     np.testing.assert_allclose(metrics["val_ema_knn_top1"], expected_val, rtol=1e-6)
 
 
+class _FirstPixelsClassifier(_FlattenFeatures):
+  """Logits = the first three pixels (plus the offset)."""
+  name = "first_pixels_classifier_for_tests"
+  has_classifier = True
+
+  def eval_logits(self, variables, images):
+    return self.eval_features(variables, images)[:, :3]
+
+
+def test_make_evaluator_follows_config(mesh8):
+  rs = np.random.RandomState(4)
+  images = rs.normal(size=(21, 2, 2, 1)).astype(np.float32)
+  labels = rs.randint(0, 3, size=21).astype(np.int32)
+  info = base.DatasetInfo(num_classes=3, image_shape=(2, 2, 1), num_labelled=21,
+                          num_unlabelled=0)
+  classifier = _FirstPixelsClassifier(ml_collections.ConfigDict(), info)
+  encoder = _FlattenFeatures(ml_collections.ConfigDict(), info)
+  example = sharding.global_batch({"images": {"image": images[:8]}}, mesh8)
+  state, shardings = create_state(classifier, optax.identity(), rng=jax.random.PRNGKey(0),
+                                  example_batch=example, mesh=mesh8)
+  make = lambda method, **config: evaluators.make_evaluator(
+      ml_collections.ConfigDict(config), method, mesh=mesh8, state_shardings=shardings)
+  data = _ToyData(images, labels, images, labels)
+
+  top1 = make(classifier)(state, data)  # the default for a method with a classifier
+  expected = np.mean(np.argmax(images.reshape(21, -1)[:, :3], 1) == labels)
+  np.testing.assert_allclose(top1["eval_top1"], expected, rtol=1e-6)
+  np.testing.assert_allclose(top1["eval_ema_top1"], expected, rtol=1e-6)
+  assert top1["eval_top5"] == 1.0  # 3 classes
+  assert isinstance(make(encoder), evaluators.KnnMonitor)  # no classifier: k-NN
+  # Asked for by name: the k-NN monitor of a classifier's encoder; bank = queries here,
+  # so k = 1 finds every image itself.
+  knn = make(classifier, evaluator="knn", knn_monitor={"k": 1})(state, data)
+  assert knn["eval_knn_top1"] == 1.0
+  with pytest.raises(ValueError, match=r"evaluator='classifier', but method "
+                     r"'flatten_features_for_tests' has no classifier; use evaluator='knn'"):
+    make(encoder, evaluator="classifier")
+  with pytest.raises(ValueError, match=r"evaluator='top1'; known: classifier, knn"):
+    make(classifier, evaluator="top1")
+
+
 def test_linear_probe_separates_linearly_separable_features():
   rs = np.random.RandomState(2)
   directions = rs.normal(size=(4, 16))
@@ -126,10 +168,10 @@ def test_linear_probe_separates_linearly_separable_features():
   train, test = make(train_labels), make(eval_labels)
   # Separable by construction: the class direction has the largest projection.
   assert np.mean(np.argmax((train - 7.0) @ directions.T, 1) == train_labels) == 1.0
-  probe = evaluation.fit_linear_probe(features=train, labels=train_labels, num_classes=4,
+  probe = offline_evaluation.fit_linear_probe(features=train, labels=train_labels, num_classes=4,
                                       l2_penalty=1e-3, max_steps=200)
-  assert evaluation.top1(probe.logits(train), train_labels) == 1.0
-  assert evaluation.top1(probe.logits(test), eval_labels) >= 0.97
+  assert offline_evaluation.top1(probe.logits(train), train_labels) == 1.0
+  assert offline_evaluation.top1(probe.logits(test), eval_labels) >= 0.97
   # At the optimum the regularised objective's gradient vanishes (float64 NumPy).
   x = (train - probe.mean) / probe.std
   probs = np.exp(probe.logits(train) - probe.logits(train).max(1, keepdims=True))
@@ -168,12 +210,12 @@ def test_semppl_finetune_protocol():
         "optimizer": {"name": "lars", "weight_decay": 1e-4, "warmup_epochs": 5},
         "num_epochs": 100.0, "num_train_steps": 7})
 
-  semppl = evaluation.semppl_finetune_protocol(pretraining_config(
+  semppl = protocols.semppl_finetune_protocol(pretraining_config(
       {"name": "semppl", "projector_hidden_dim": 64}))
   assert semppl.method.to_dict() == {"name": "simclr_finetune", "finetune_layer": 1,
                                      "head_type": "semppl", "head_layers": 1,
                                      "head_hidden_dim": 64}
-  config = evaluation.semppl_finetune_protocol(pretraining_config(
+  config = protocols.semppl_finetune_protocol(pretraining_config(
       {"name": "simclr", "head_layers": 3, "head_out_dim": 32}),
       encoder_base_lr=0.002, classifier_base_lr=0.1)
   assert (config.method.name, config.method.finetune_layer) == ("simclr_finetune", 1)
@@ -225,6 +267,6 @@ def test_confusion_matrix_counts_true_by_predicted():
   for true, predicted in zip(labels, predictions):
     expected[true, predicted] += 1
   np.testing.assert_array_equal(
-      evaluation.confusion_matrix(labels, predictions, 3),
+      offline_evaluation.confusion_matrix(labels, predictions, 3),
       [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
-  np.testing.assert_array_equal(evaluation.confusion_matrix(labels, predictions, 3), expected)
+  np.testing.assert_array_equal(offline_evaluation.confusion_matrix(labels, predictions, 3), expected)

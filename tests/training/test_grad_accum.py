@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from configs import common, supervised_fmnist
-from semissl.methods import base
-from semissl.training import (checkpointing, optimizers, safety, sharding, train_loop,
-                               workdirs)
+from semissl.training import (checkpointing, optimizers, safety, setup, sharding,
+                               train_loop, workdirs)
 from tests.training import toy_method
 
 B = 16  # micro-batch: 2 examples on each of the 8 devices
@@ -267,7 +266,7 @@ def test_train_loop_rejects_invalid_value_before_reading_data():
   config = supervised_fmnist.get_config("runlocal")
   config.grad_accum_steps = 0
   with pytest.raises(ValueError, match=r"config\.grad_accum_steps=0 must be"):
-    train_loop.validate_config(config, sharding.make_mesh({"data": -1}))
+    setup.validate_config(config, sharding.make_mesh({"data": -1}))
 
 
 def test_config_key_is_a_typed_int_defaulting_to_one():
@@ -282,12 +281,11 @@ def test_effective_batch_scales_lr_and_epochs_count_updates():
   config = common.base_config()
   config.batch_size, config.grad_accum_steps = 64, 4
   config.optimizer.lr_scaling = "linear"
-  assert train_loop.lr_batch_size(config) == 256
+  assert setup.lr_batch_size(config) == 256
   config.optimizer.lr_batch_size = 4096  # an explicit paper batch wins
-  assert train_loop.lr_batch_size(config) == 4096
-  info = base.DatasetInfo(num_classes=10, image_shape=(8, 8, 1), num_labelled=2560,
-                          num_unlabelled=0)
-  assert train_loop.steps_per_epoch(config, info) == 10  # 2560 / (64 x 4) updates
+  assert setup.lr_batch_size(config) == 4096
+  assert setup.steps_per_epoch(config, num_labelled=2560,
+                               num_unlabelled=0) == 10  # 2560 / (64 x 4) updates
 
 
 def test_resume_may_not_change_grad_accum_steps():
@@ -346,7 +344,7 @@ def test_train_loop_counts_updates(loop_run):
 def test_train_loop_stop_mid_accumulation_resumes_exactly(loop_run, tmp_path, monkeypatch):
   """SIGTERM after micro-step 5 (update 3 half accumulated): the checkpoint at 5 holds
   the partial gradient, and the resumed run ends where the uninterrupted one did."""
-  real = train_loop.make_train_step
+  real = setup.make_train_step
 
   def make(*args, **kwargs):
     step_fn = real(*args, **kwargs)
@@ -357,7 +355,7 @@ def test_train_loop_stop_mid_accumulation_resumes_exactly(loop_run, tmp_path, mo
         os.kill(os.getpid(), signal.SIGTERM)
       return state, metrics
     return wrapped
-  monkeypatch.setattr(train_loop, "make_train_step", make)
+  monkeypatch.setattr(setup, "make_train_step", make)
   with pytest.raises(safety.Interrupted, match=r"at step 2 of 6 \(\+1 of 2 micro-batches "
                      r"accumulated\)"):
     train_loop.train_and_evaluate(_loop_config(), str(tmp_path))

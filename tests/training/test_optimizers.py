@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from semissl.training import optimizers
+from semissl.training import optimizers, setup
 
 PARAMS = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4),
           "bias": jnp.zeros(4)}, "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}
@@ -91,6 +91,10 @@ def test_layer_decay_scales_lr_per_layer():
 
 def test_byol_cosine_ema_ramp():
   config = ml_collections.ConfigDict({"ema": {"decay": 0.996, "schedule": "byol_cosine"}})
-  assert float(optimizers.ema_decay(config, jnp.asarray(0), 100)) == pytest.approx(0.996)
-  assert float(optimizers.ema_decay(config, jnp.asarray(100), 100)) == pytest.approx(1.0)
-  assert float(optimizers.ema_decay(config, jnp.asarray(50), 100)) == pytest.approx(0.998)
+  decay = setup.ema_decay_fn(config, 100)
+  assert float(decay(jnp.asarray(0))) == pytest.approx(0.996)
+  assert float(decay(jnp.asarray(100))) == pytest.approx(1.0)
+  assert float(decay(jnp.asarray(50))) == pytest.approx(0.998)
+  with pytest.raises(ValueError, match=r"ema.schedule='cosine'; known: constant, byol_cosine"):
+    setup.ema_decay_fn(ml_collections.ConfigDict({"ema": {"decay": 0.9,
+                                                          "schedule": "cosine"}}), 100)

@@ -20,8 +20,7 @@ import pytest
 
 from semissl import models
 from semissl.methods import networks
-from semissl.training import optimizers, sharding
-from semissl.training import step as step_lib
+from semissl.training import sharding
 from tests.methods import test_sharded_step as sharded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,17 +91,12 @@ def test_bfloat16_backbone_keeps_no_float32_copy_of_the_activations(name, kwargs
 def _one_step(case, dtype):
   config = sharded._config(case)
   config.model.dtype = dtype
-  config, method, tx, schedule = sharded._method(case, config)
   batch = sharded._batch(case, 0)
-  initial = sharded._initial_state(method, tx, batch)
-  mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-  shardings = sharding.tree_shardings(initial, mesh, method.state_sharding_rules())
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, sharded.TOTAL_STEPS), mesh=mesh,
-      state_shardings=shardings)
-  state = jax.device_put(initial, shardings)
-  batch = sharding.global_batch(batch, mesh)
+  run = sharded._run(case, jax.devices()[:1], batch, config=config)
+  initial = sharded._initial_state(run, batch)
+  state = jax.device_put(initial, run.state_shardings)
+  batch = sharding.global_batch(batch, run.mesh)
+  train_step = run.train_step
   lowered = train_step.lower(state, batch)
   new_state, metrics = lowered.compile(compiler_options=sharded.FAST_COMPILE)(state, batch)
   return initial, lowered.as_text(), sharded._host(new_state), sharded._host(metrics)

@@ -19,7 +19,7 @@ import pytest
 from orbax.checkpoint._src.path import atomicity
 
 from configs import supervised_fmnist
-from semissl.training import checkpointing, safety, train_and_evaluate, train_loop
+from semissl.training import checkpointing, safety, setup, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +45,7 @@ def _checkpoint_steps(workdir):
 
 def _wrap_train_step(monkeypatch, after_step):
   """make_train_step whose steps call `after_step(new_step, metrics)` on the host."""
-  real = train_loop.make_train_step
+  real = setup.make_train_step
 
   def make(*args, **kwargs):
     step_fn = real(*args, **kwargs)
@@ -54,7 +54,7 @@ def _wrap_train_step(monkeypatch, after_step):
       state, metrics = step_fn(state, batch)
       return state, after_step(int(state.step), metrics)
     return wrapped
-  monkeypatch.setattr(train_loop, "make_train_step", make)
+  monkeypatch.setattr(setup, "make_train_step", make)
 
 
 def test_non_finite_step_stops_before_saving_it(tmp_path, monkeypatch):

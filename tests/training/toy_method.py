@@ -10,8 +10,7 @@ import numpy as np
 import optax
 
 from semissl.methods import base
-from semissl.training import optimizers, sharding, step as step_lib
-from semissl.training.train_loop import create_state
+from semissl.training import setup, sharding
 
 
 class ToyNet(nn.Module):
@@ -30,8 +29,8 @@ class ToyNet(nn.Module):
 class ToyMethod(base.Method):
   name = "toy"
 
-  def __init__(self, config, info):
-    super().__init__(config, info)
+  def __init__(self, config, info, **kwargs):
+    super().__init__(config, info, **kwargs)
     toy = config.get("toy", {})
     self.model = ToyNet(info.num_classes, batch_norm=toy.get("batch_norm", True))
     self.noise = toy.get("noise", 1e-3)
@@ -83,16 +82,11 @@ def toy_training_setup(devices=None, total_steps=10, *, config=None, grad_accum_
   `total_steps` counts optimizer updates of `grad_accum_steps` micro-batches of
   `batch_size` each."""
   mesh = sharding.make_mesh({"data": -1}, devices=devices)
-  config = config or toy_config()
-  method = method_cls(config, toy_info())
-  tx, schedule = optimizers.make_optimizer(
-      config.optimizer, batch_size=batch_size * grad_accum_steps, total_steps=total_steps,
-      steps_per_epoch=4, grad_accum_steps=grad_accum_steps)
+  config = ml_collections.ConfigDict((config or toy_config()).to_dict())
+  config.batch_size, config.grad_accum_steps = batch_size, grad_accum_steps
+  info = base.DatasetInfo(num_classes=3, image_shape=(6, 6, 2), num_labelled=64,
+                          num_unlabelled=0, steps_per_epoch=4, total_steps=total_steps)
   first = sharding.global_batch(toy_batch(0, batch_size), mesh)
-  state, shardings = create_state(method, tx, rng=jax.random.PRNGKey(0), example_batch=first,
-                                  mesh=mesh)
-  train_step = step_lib.make_train_step(
-      method, tx, lr_schedule=schedule,
-      ema_decay_fn=lambda s: optimizers.ema_decay(config, s, total_steps), mesh=mesh,
-      state_shardings=shardings, grad_accum_steps=grad_accum_steps)
-  return mesh, state, train_step, shardings, method
+  run = setup.build(config, info, example_batch=first, mesh=mesh, rng=jax.random.PRNGKey(0),
+                    method_cls=method_cls)
+  return mesh, run.state, run.train_step, run.state_shardings, run.method
