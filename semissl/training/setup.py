@@ -19,7 +19,7 @@ import optax
 
 from semissl import losses
 from semissl import methods
-from semissl.training import optimizers, sharding
+from semissl.training import evaluators, optimizers, sharding
 from semissl.training.step import make_train_step
 from semissl.training.train_state import TrainState
 
@@ -48,6 +48,9 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
   sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
   if not (config.get("num_train_steps") or config.get("num_epochs")):
     raise ValueError("Set config.num_train_steps or config.num_epochs.")
+  evaluator = config.get("evaluator", None)
+  if evaluator and evaluator not in evaluators.EVALUATORS:
+    raise ValueError(f"evaluator={evaluator!r}; known: {', '.join(evaluators.EVALUATORS)}.")
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, *, num_labelled: int,

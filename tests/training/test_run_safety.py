@@ -220,6 +220,9 @@ def test_main_exit_statuses_and_one_line_errors(tmp_path):
   for read_only in ("/sys/kernel", "/sys/kernel/semissl_run"):
     proc = _main(read_only, CONFIG)
     assert proc.returncode == 2 and f"workdir {read_only} is not writable" in _error_line(proc)
+  proc = _main(tmp_path / "c", CONFIG, "--config.evaluator=top1")
+  assert proc.returncode == 2 and "evaluator='top1'; known: classifier, knn" in _error_line(proc)
+  assert not (tmp_path / "c").exists()
   proc = _main(tmp_path / "b", CONFIG, "--config.init_from=/no/such/run")
   assert proc.returncode == 2 and "has no checkpoint" in _error_line(proc)
   assert not (tmp_path / "b").exists() or not os.listdir(tmp_path / "b")
