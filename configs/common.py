@@ -29,7 +29,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 # (mean / std stay untyped: they are a scalar or a per-channel tuple.)
 NONE_DEFAULT_TYPES = {"data_dir": str, "labelled_ids_file": str, "label_fraction": float,
                       "labels_per_class": int, "num_channels": int, "tf_threads": int,
-                      "prefetch": int}
+                      "prefetch": int, "unlabelled_dataset": str}
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -10,6 +10,12 @@ With `data.validation_size` > 0, that many labelled train images are held out
 neither training stream (nor in the normalisation statistics) and
 `Input.validation_iter` evaluates on them. Their ids go to
 `<workdir>/validation_ids.txt`, which a later run in the same workdir reuses.
+
+With `data.unlabelled_dataset` (an image folder without classes or a TFDS split;
+`semissl.data.unlabelled`) the unlabelled stream reads only that source; the labelled
+source's train split then gives the validation split and the labelled subset only
+(`labelled_in_unlabelled` does not apply), and `<workdir>/unlabelled_source.json`
+records which images it read, so a resume with other images is refused.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from semissl.data import sources
 from semissl.data import splits
 from semissl.data import streams
 from semissl.data import tf_runtime
+from semissl.data import unlabelled
 
 _DEFAULTS = {
     "dataset": "fashion_mnist",
@@ -42,6 +49,9 @@ _DEFAULTS = {
     "split_seed": 0,
     "validation_size": 0,  # train images held out for validation (stratified); 0: off.
     "labelled_in_unlabelled": True,
+    # Unlabelled images from their own source: 'folder:<root>' (no classes, any depth)
+    # or '<tfds name>:<split>'; None: the labelled source's train split (see above).
+    "unlabelled_dataset": None,
     "image_size": 28,
     "num_channels": None,
     "mean": None,
@@ -77,9 +87,9 @@ class DataInfo:
   """What the model and the train loop need to know about the data."""
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of views without their own 'size'
-  num_train: int
+  num_train: int  # the labelled source's train split
   num_labelled: int
-  num_unlabelled: int
+  num_unlabelled: int  # of the unlabelled stream (data.unlabelled_dataset's, if set)
   num_eval: int
   num_validation: int  # held out of the train split (data.validation_size)
   class_names: tuple[str, ...] | None
@@ -94,6 +104,9 @@ class _StreamParts:
   eval_labels: np.ndarray
   train_source: streams.ImageSource
   eval_source: streams.ImageSource
+  unlabelled_labels: np.ndarray  # indexed by the unlabelled stream's example ids
+  unlabelled_source: streams.ImageSource
+  unlabelled_label_key: str | None  # 'true_label', or None: no hidden labels
   labelled_views: dict[str, dict[str, Any]]
   unlabelled_views: dict[str, dict[str, Any]]
   eval_view: dict[str, Any]
@@ -129,21 +142,23 @@ class Input:
     """Infinite tf.data stream of this process's share of each global batch."""
     p = self._parts
     start = self.start_step if start_step is None else int(start_step)
-    common = dict(labels=p.train_labels, source=p.train_source,
-                  process_index=p.process_index, seed=p.seed, start_step=start)
+    common = dict(process_index=p.process_index, seed=p.seed, start_step=start)
     parts = {}
     if p.labelled_views:
       parts["labelled"] = streams.example_stream(
-          ids=self.labelled_ids, views_fn=self._views_fn(p.labelled_views),
+          ids=self.labelled_ids, labels=p.train_labels, source=p.train_source,
+          views_fn=self._views_fn(p.labelled_views),
           global_batch=self.local_batch_size * p.process_count,
           local_batch=self.local_batch_size, stream_id=streams.LABELLED_STREAM,
           label_key="label", **common)
     if p.unlabelled_views:
       parts["unlabelled"] = streams.example_stream(
-          ids=self.unlabelled_ids, views_fn=self._views_fn(p.unlabelled_views),
+          ids=self.unlabelled_ids, labels=p.unlabelled_labels,
+          source=p.unlabelled_source, views_fn=self._views_fn(p.unlabelled_views),
           global_batch=self.local_unlabelled_batch_size * p.process_count,
           local_batch=self.local_unlabelled_batch_size,
-          stream_id=streams.UNLABELLED_STREAM, label_key="true_label", **common)
+          stream_id=streams.UNLABELLED_STREAM, label_key=p.unlabelled_label_key,
+          **common)
     dataset = tf.data.Dataset.zip(parts)
     return dataset.with_options(p.options).prefetch(p.prefetch)
 
@@ -155,7 +170,10 @@ class Input:
     {'images': {view: ...}, 'id': int64 [mu*b], 'index': int32 [mu*b],
     'true_label': int32 [mu*b]}}`; a part is absent when its views are empty.
     'index' is the example's position in `labelled_ids` / `unlabelled_ids` (for
-    the labelled stream: its memory-bank slot). 'true_label' is for telemetry only, never for training.
+    the labelled stream: its memory-bank slot; with `data.unlabelled_dataset` the
+    unlabelled 'id' and 'index' are both the example's id in that source, 0..N-1).
+    'true_label' is for telemetry only, never for training; it is absent when the
+    unlabelled source has no labels in the labelled source's classes.
     """
     return self.train_dataset(start_step).as_numpy_iterator()
 
@@ -244,32 +262,45 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
                                train_split=cfg["train_split"],
                                eval_split=cfg["eval_split"], read_options=read_options)
   validation_ids, labelled_ids = _split_ids(cfg, source.train, workdir=workdir)
-  unlabelled_ids = splits.unlabelled_ids(
-      num_examples=len(source.train), labelled_ids=labelled_ids,
-      include_labelled=bool(cfg["labelled_in_unlabelled"]), held_out=validation_ids)
-  if cfg["unlabelled_views"] and not len(unlabelled_ids):
-    raise ValueError("Every training example is labelled, so the unlabelled stream is "
-                     "empty; set data.labelled_in_unlabelled=True or label fewer.")
-
   channels = int(cfg["num_channels"] or source.channels)
   train_source = streams.make_image_source(source.train, source_channels=source.channels,
                                            channels=channels)
   eval_source = streams.make_image_source(source.eval, source_channels=source.channels,
                                           channels=channels)
+  extra = None  # the unlabelled source of data.unlabelled_dataset, if it is used
+  if unlabelled.parse_spec(cfg["unlabelled_dataset"]) and cfg["unlabelled_views"]:
+    extra = unlabelled.load(cfg["unlabelled_dataset"], labelled=source,
+                            labelled_dataset=cfg["dataset"], eval_split=cfg["eval_split"],
+                            data_dir=cfg["data_dir"], read_options=read_options)
+    unlabelled_ids = np.arange(len(extra.examples), dtype=np.int64)
+    unlabelled_source = streams.make_image_source(
+        extra.examples, source_channels=extra.channels, channels=channels)
+  else:
+    unlabelled_ids = splits.unlabelled_ids(
+        num_examples=len(source.train), labelled_ids=labelled_ids,
+        include_labelled=bool(cfg["labelled_in_unlabelled"]), held_out=validation_ids)
+    if cfg["unlabelled_views"] and not len(unlabelled_ids):
+      raise ValueError("Every training example is labelled, so the unlabelled stream is "
+                       "empty; set data.labelled_in_unlabelled=True or label fewer.")
+    unlabelled_source = train_source
   train_ids = splits.unlabelled_ids(num_examples=len(source.train),
                                     labelled_ids=labelled_ids, include_labelled=True,
                                     held_out=validation_ids)
   mean, std = _normalisation(cfg, channels=channels, source=train_source,
                              train_ids=train_ids, options=options)
   image_size = int(cfg["image_size"])
-  _dry_run_views(cfg, source=train_source, image_size=image_size)
+  _dry_run_views(cfg, source=train_source, unlabelled_source=unlabelled_source,
+                 image_size=image_size)
 
   if workdir is not None and process_index == 0:
+    record_unlabelled = extra is not None and unlabelled.check_record(workdir, extra)
     splits.write_labelled_ids(os.path.join(workdir, splits.LABELLED_IDS_FILENAME),
                               labelled_ids)
     if len(validation_ids):
       splits.write_labelled_ids(os.path.join(workdir, splits.VALIDATION_IDS_FILENAME),
                                 validation_ids)
+    if record_unlabelled:
+      unlabelled.write_record(workdir, extra)
   info = DataInfo(
       num_classes=source.num_classes, image_shape=(image_size, image_size, channels),
       num_train=len(source.train), num_labelled=len(labelled_ids),
@@ -279,6 +310,10 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
   parts = _StreamParts(
       train_labels=source.train.labels, eval_labels=source.eval.labels,
       train_source=train_source, eval_source=eval_source,
+      unlabelled_labels=source.train.labels if extra is None else extra.examples.labels,
+      unlabelled_source=unlabelled_source,
+      unlabelled_label_key=(
+          "true_label" if extra is None or extra.has_true_labels else None),
       labelled_views=cfg["labelled_views"], unlabelled_views=cfg["unlabelled_views"],
       eval_view=cfg["eval_view"], image_size=image_size, seed=int(seed),
       process_index=process_index, process_count=process_count, options=options,
@@ -335,6 +370,7 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
                        f"count {process_count}; change it.")
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
+  unlabelled.parse_spec(cfg["unlabelled_dataset"])  # a malformed value fails here
   size = cfg["validation_size"]
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
     raise ValueError(f"data.validation_size={size!r} must be an int >= 0 (0: no "
@@ -439,15 +475,20 @@ def _normalisation(cfg: dict[str, Any], *, channels: int, source: streams.ImageS
 
 
 def _dry_run_views(cfg: dict[str, Any], *, source: streams.ImageSource,
-                   image_size: int) -> None:
-  """Runs every view once on example 0 so bad parameters fail before training."""
+                   unlabelled_source: streams.ImageSource, image_size: int) -> None:
+  """Runs every view once on example 0 of its stream's source so bad parameters fail
+  before training."""
   image = source.lookup(tf.constant(0, tf.int64))
+  unlabelled_image = (image if unlabelled_source is source
+                      else unlabelled_source.lookup(tf.constant(0, tf.int64)))
   seed = tf.constant([0, 0], tf.int64)
-  named = [(f"data.{key}[{name!r}]", spec) for key in ("labelled_views", "unlabelled_views")
-           for name, spec in cfg[key].items()] + [("data.eval_view", cfg["eval_view"])]
-  for where, spec in named:
+  named = [(f"data.{key}[{name!r}]", spec, unlabelled_image if key == "unlabelled_views"
+            else image) for key in ("labelled_views", "unlabelled_views")
+           for name, spec in cfg[key].items()]
+  named.append(("data.eval_view", cfg["eval_view"], image))
+  for where, spec, example in named:
     try:
-      augment.apply_view(image, spec=spec, seed=seed, image_size=image_size)
+      augment.apply_view(example, spec=spec, seed=seed, image_size=image_size)
     except (ValueError, TypeError, tf.errors.OpError) as error:
       message = (str(error).strip().splitlines() or [type(error).__name__])[0]
       raise ValueError(f"{where}={spec}: {message}") from error

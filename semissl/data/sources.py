@@ -174,8 +174,8 @@ def load_folder(*, argument: str | None, data_dir: str | None, train_split: str,
   splits = {"train": _read_folder_split(train_dir, class_names, every_class=True)}
   splits["eval"] = _read_folder_split(_split_dir(root, eval_split, role="eval"),
                                       class_names)
-  channels = max(_check_decodable(splits["train"], train_dir),
-                 _check_decodable(splits["eval"], os.path.join(root, eval_split)))
+  channels = max(check_decodable(splits["train"], train_dir),
+                 check_decodable(splits["eval"], os.path.join(root, eval_split)))
   return SourceData(train=splits["train"], eval=splits["eval"],
                     num_classes=len(class_names), channels=channels,
                     class_names=class_names)
@@ -225,7 +225,7 @@ def _read_folder_split(split_dir: str, class_names: tuple[str, ...], *,
   return SplitExamples(labels=labels, encoded=encoded, names=tuple(names))
 
 
-def _check_decodable(split: SplitExamples, split_dir: str) -> int:
+def check_decodable(split: SplitExamples, split_dir: str) -> int:
   """Decodes every image (tf.data, parallel); returns 3 if any has colour, else 1."""
   def decode(index, data):
     image = tf.io.decode_image(data, expand_animations=False)
@@ -250,6 +250,60 @@ def load_tfds(name: str, *, data_dir: str | None, train_split: str, eval_split: 
   into memory or, when `read_options` says so (large splits), not at all: the
   streams then fetch records by id (`tfds_records.RecordReader`).
   """
+  dataset = open_tfds(name, data_dir=data_dir)
+  if dataset.label_key is None:
+    raise ValueError(f"TFDS dataset {name!r} has no label feature; only image "
+                     "classification datasets are supported as data.dataset.")
+  splits = {role: dataset.read_split(split, config_key=f"{role}_split",
+                                     read_options=read_options)
+            for role, split in (("train", train_split), ("eval", eval_split))}
+  num_classes = dataset.num_classes or int(splits["train"].labels.max() + 1)
+  return SourceData(train=splits["train"], eval=splits["eval"],
+                    num_classes=num_classes, channels=dataset.channels,
+                    class_names=dataset.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsDataset:
+  """A prepared TFDS image dataset: its builder and which features to read.
+
+  label_key is None for datasets without a label feature (unlabelled images).
+  """
+  name: str
+  builder: object  # tfds.core.DatasetBuilder
+  image_key: str
+  label_key: str | None
+  name_key: str | None
+  image_shape: tuple[int | None, ...]
+  class_names: tuple[str, ...] | None
+  num_classes: int | None
+
+  @property
+  def channels(self) -> int:
+    return self.image_shape[-1] or 3
+
+  def read_split(self, split: str, *, config_key: str, read_options: ReadOptions,
+                 with_labels: bool = True) -> SplitExamples:
+    """One split (memory or random access, see `ReadOptions`); labels -1 when the
+    dataset has none or `with_labels` is False (no pass over a streamed split)."""
+    label_key = self.label_key if with_labels else None
+    storage = _split_storage(self.builder, name=self.name, split=split,
+                             read_options=read_options)
+    if storage == "tfrecord":
+      return _read_tfds_split(
+          self.builder, name=self.name, split=split, config_key=config_key,
+          image_key=self.image_key, label_key=label_key,
+          fixed_size=all(d is not None for d in self.image_shape),
+          name_key=self.name_key)
+    return _read_array_record_split(
+        self.builder, name=self.name, split=split, config_key=config_key,
+        image_key=self.image_key, label_key=label_key, name_key=self.name_key,
+        in_memory=storage == "memory", index_cache_dir=read_options.index_cache_dir,
+        index_wait_s=read_options.index_wait_s)
+
+
+def open_tfds(name: str, *, data_dir: str | None) -> TfdsDataset:
+  """The builder of a prepared TFDS dataset and its image / label / file name keys."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if data_dir and not os.path.isdir(data_dir):
     raise ValueError(f"data.data_dir={data_dir} does not exist; fix it or set None.")
@@ -265,38 +319,20 @@ def load_tfds(name: str, *, data_dir: str | None, train_split: str, eval_split: 
   keys = builder.info.supervised_keys
   image_key, label_key = keys if isinstance(keys, tuple) and len(keys) == 2 else (
       "image", "label")
-  if image_key not in features or label_key not in features:
-    raise ValueError(f"TFDS dataset {name!r} has no ({image_key!r}, {label_key!r}) "
-                     "features; only image classification datasets are supported.")
-  image_shape = tuple(features[image_key].shape)
-  channels = image_shape[-1] or 3
-  label_feature = features[label_key]
-  name_key = "file_name" if "file_name" in features else None
-  splits = {}
-  for role, split in (("train", train_split), ("eval", eval_split)):
-    storage = _split_storage(builder, name=name, split=split, role=role,
-                             read_options=read_options)
-    if storage == "tfrecord":
-      splits[role] = _read_tfds_split(
-          builder, name=name, split=split, role=role, image_key=image_key,
-          label_key=label_key, fixed_size=all(d is not None for d in image_shape),
-          name_key=name_key)
-    else:
-      splits[role] = _read_array_record_split(
-          builder, name=name, split=split, role=role, image_key=image_key,
-          label_key=label_key, name_key=name_key, in_memory=storage == "memory",
-          index_cache_dir=read_options.index_cache_dir,
-          index_wait_s=read_options.index_wait_s)
+  if image_key not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no {image_key!r} feature; only image "
+                     "datasets are supported.")
+  label_feature = features[label_key] if label_key in features else None
   class_names = tuple(getattr(label_feature, "names", None) or ()) or None
-  num_classes = getattr(label_feature, "num_classes", None) or int(
-      splits["train"].labels.max() + 1)
-  return SourceData(train=splits["train"], eval=splits["eval"],
-                    num_classes=num_classes, channels=channels,
-                    class_names=class_names)
+  return TfdsDataset(
+      name=name, builder=builder, image_key=image_key,
+      label_key=label_key if label_feature is not None else None,
+      name_key="file_name" if "file_name" in features else None,
+      image_shape=tuple(features[image_key].shape), class_names=class_names,
+      num_classes=getattr(label_feature, "num_classes", None))
 
 
-def _split_storage(builder, *, name: str, split: str, role: str,
-                   read_options: ReadOptions) -> str:
+def _split_storage(builder, *, name: str, split: str, read_options: ReadOptions) -> str:
   """'tfrecord' (read into memory), 'memory' or 'random_access' (ArrayRecord)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   array_record = builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
@@ -322,35 +358,40 @@ def _split_storage(builder, *, name: str, split: str, role: str,
   return "memory" if read_options.storage in ("auto", "memory") else "random_access"
 
 
-def _read_array_record_split(builder, *, name: str, split: str, role: str,
-                             image_key: str, label_key: str, name_key: str | None,
+def _read_array_record_split(builder, *, name: str, split: str, config_key: str,
+                             image_key: str, label_key: str | None, name_key: str | None,
                              in_memory: bool,
                              index_cache_dir: str | None,
                              index_wait_s: float = 0.0) -> SplitExamples:
-  """An ArrayRecord split: labels (cached index) plus images in memory or by id."""
+  """An ArrayRecord split: labels (cached index) plus images in memory or by id.
+  Without `label_key` the labels are -1 and no pass over the split is made."""
   try:
     reader = tfds_records.open_reader(builder, split=split, image_key=image_key)
   except (AssertionError, ValueError, KeyError, FileNotFoundError) as error:
-    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{role}_split or "
+    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{config_key} or "
                      f"prepare it with `tfds build {name} --file_format=array_record`): "
                      f"{_first_line(error)}") from error
   if not len(reader):
-    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{role}_split.")
-  cache_path = tfds_records.index_cache_path(
-      index_cache_dir, full_name=builder.info.full_name, split=split)
-  labels, names = tfds_records.read_index(reader, label_key=label_key, name_key=name_key,
-                                          cache_path=cache_path,
-                                          wait_for_cache_s=index_wait_s if cache_path else 0)
+    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{config_key}.")
+  if label_key is None:
+    labels, names = np.full(len(reader), -1, np.int64), None
+  else:
+    cache_path = tfds_records.index_cache_path(
+        index_cache_dir, full_name=builder.info.full_name, split=split)
+    labels, names = tfds_records.read_index(
+        reader, label_key=label_key, name_key=name_key, cache_path=cache_path,
+        wait_for_cache_s=index_wait_s if cache_path else 0)
   if in_memory:
     return SplitExamples(labels=labels, encoded=tfds_records.read_all_images(reader),
                          names=names)
   return SplitExamples(labels=labels, names=names, reader=reader)
 
 
-def _read_tfds_split(builder, *, name: str, split: str, role: str, image_key: str,
-                     label_key: str, fixed_size: bool,
+def _read_tfds_split(builder, *, name: str, split: str, config_key: str, image_key: str,
+                     label_key: str | None, fixed_size: bool,
                      name_key: str | None) -> SplitExamples:
-  """Reads a TFDS split in its deterministic unshuffled order."""
+  """Reads a TFDS split in its deterministic unshuffled order (labels -1 without
+  `label_key`)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   decoders = None if fixed_size else {image_key: tfds.decode.SkipDecoding()}
   try:
@@ -358,24 +399,26 @@ def _read_tfds_split(builder, *, name: str, split: str, role: str, image_key: st
         split=split, shuffle_files=False, decoders=decoders,
         read_config=tfds.ReadConfig(interleave_cycle_length=1))
   except (AssertionError, ValueError, KeyError) as error:
-    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{role}_split or "
+    raise ValueError(f"Cannot read TFDS {name}[{split}] (fix data.{config_key} or "
                      f"prepare it with `tfds build {name}`): {_first_line(error)}"
                      ) from error
-  keys = [image_key, label_key] + ([name_key] if name_key else [])
+  keys = [image_key] + [k for k in (label_key, name_key) if k]
   dataset = dataset.map(lambda ex: {k: ex[k] for k in keys}).batch(_TFDS_READ_BATCH)
   chunks = {k: [] for k in keys}
   for batch in dataset.as_numpy_iterator():
     for k in keys:
       chunks[k].append(batch[k])
-  if not chunks[label_key]:
-    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{role}_split.")
+  if not chunks[image_key]:
+    raise ValueError(f"TFDS {name}[{split}] is empty; fix data.{config_key}.")
   arrays = {k: np.concatenate(v) for k, v in chunks.items()}
   names = None
   if name_key:
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in arrays[name_key])
   images = arrays[image_key]
+  labels = (arrays[label_key].astype(np.int64) if label_key
+            else np.full(len(images), -1, np.int64))
   return SplitExamples(
-      labels=arrays[label_key].astype(np.int64),
+      labels=labels,
       pixels=images if fixed_size else None,
       encoded=None if fixed_size else images.astype(object),
       names=names)

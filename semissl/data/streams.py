@@ -120,7 +120,7 @@ def global_position(local_index: tf.Tensor, *, local_batch: int, global_batch: i
 def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
                    views_fn: ViewsFn, global_batch: int, local_batch: int,
                    process_index: int, seed: int, stream_id: int, start_step: int,
-                   label_key: str) -> tf.data.Dataset:
+                   label_key: str | None) -> tf.data.Dataset:
   """Infinite stream of this process's batches `{'images', label_key, 'id', 'index'}`.
 
   Args:
@@ -134,7 +134,8 @@ def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
     seed: experiment seed.
     stream_id: LABELLED_STREAM or UNLABELLED_STREAM (independent randomness).
     start_step: first global step to produce.
-    label_key: 'label' (labelled) or 'true_label' (hidden, unlabelled stream).
+    label_key: 'label' (labelled), 'true_label' (hidden, unlabelled stream) or None
+      (no label in the batches: an unlabelled source without known labels).
   """
   num_ids = len(ids)
   ids_tensor = tf.constant(ids, tf.int64)
@@ -154,13 +155,15 @@ def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
 
   def make_element(example, image):
     example_id = example["example_id"]
-    return {
+    element = {
         "images": views_fn(image, fold_in(augmentation_seed, example["position"])),
-        label_key: tf.cast(tf.gather(labels_tensor, example_id), tf.int32),
         "id": example_id,
         # Position of the example in `ids` (labelled stream: its memory-bank slot).
         "index": tf.cast(example["slot"], tf.int32),
     }
+    if label_key is not None:
+      element[label_key] = tf.cast(tf.gather(labels_tensor, example_id), tf.int32)
+    return element
 
   dataset = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)
   dataset = _with_images(dataset.map(choose), source, fetch_batch=local_batch,

@@ -115,8 +115,10 @@ class SimCLRDistill(base.Method):
     teacher_labels = jnp.argmax(unlabelled_rows(teacher_logits), -1)
     metrics["student_teacher_agreement"] = jnp.mean(
         jnp.argmax(unlabelled_rows(student_logits), -1) == teacher_labels)
-    metrics.update(networks.pseudo_label_telemetry(
-        pseudo_labels=teacher_labels, true_labels=unlabelled["true_label"], prefix="teacher_"))
+    if "true_label" in unlabelled:  # absent: an unlabelled source without labels
+      metrics.update(networks.pseudo_label_telemetry(
+          pseudo_labels=teacher_labels, true_labels=unlabelled["true_label"],
+          prefix="teacher_"))
     return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
 
   def eval_logits(self, variables, images):

@@ -261,12 +261,13 @@ class SemPPL(base.Method):
           queries=online[:num_large, num_labelled:], queue_embeddings=queue.embeddings,
           queue_labels=queue.labels, num_classes=self.info.num_classes,
           k=int(o["num_neighbours"]), view_voting=bool(o["view_voting"]))
-      true_labels = batch["unlabelled"]["true_label"]
-      metrics.update(networks.pseudo_label_telemetry(
-          pseudo_labels=pseudo_labels, true_labels=true_labels, mask=pseudo_labels >= 0))
-      metrics.update(vote_telemetry(votes=votes, pseudo_labels=pseudo_labels,
-                                    true_labels=true_labels,
-                                    thresholds=o["vote_thresholds"]))
+      true_labels = batch["unlabelled"].get("true_label")  # absent: no hidden labels
+      if true_labels is not None:
+        metrics.update(networks.pseudo_label_telemetry(
+            pseudo_labels=pseudo_labels, true_labels=true_labels, mask=pseudo_labels >= 0))
+        metrics.update(vote_telemetry(votes=votes, pseudo_labels=pseudo_labels,
+                                      true_labels=true_labels,
+                                      thresholds=o["vote_thresholds"]))
       if not o["use_pseudo_labels"]:
         pseudo_labels = jnp.full_like(pseudo_labels, losses.EMPTY_LABEL)
       labels = jnp.concatenate([labels, pseudo_labels])

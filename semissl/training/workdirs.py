@@ -31,7 +31,8 @@ RESUMABLE_KEYS = (
 # `grad_accum_steps` is not resumable: it changes the effective batch. (Not here:
 # SimMatch's `method.embedding_batch_norm`, whose old behaviour is True, not its new
 # default, so an old SimMatch workdir is refused rather than resumed without its BN.)
-ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1, "model.dtype": "float32", "method.tsa": "none"}
+ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1, "model.dtype": "float32", "method.tsa": "none",
+                      "data.unlabelled_dataset": None}
 
 
 def resolve(workdir: str | os.PathLike) -> epath.Path:
