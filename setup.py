@@ -19,6 +19,17 @@ INSTALL_REQUIRES = [
     "pillow",  # image files for experiments/predict.py (semissl.inference.image_files)
 ]
 
+# semissl.convert (experiments/convert_weights.py): torch reads .pth checkpoints,
+# safetensors reads and writes .safetensors. The converter maps state dicts by name, so
+# torchvision / timm themselves are not needed (install them to use exported weights).
+CONVERT_REQUIRES = ["torch", "safetensors"]
+# The tests run the converter on .pth files. torch==2.13.0: pip installs its CPU build
+# on the project's CI machines (~0.9 GB), where an unpinned torch resolves to a CUDA
+# build of ~5.5 GB (elsewhere, install the CPU wheel from PyTorch's CPU index first).
+# PyPI's torchvision / timm do not import beside a CPU torch, so the tests compare
+# against outputs recorded from them (tests/models/make_convert_goldens.py).
+TEST_CONVERT_REQUIRES = ["torch==2.13.0", "safetensors"]
+
 setuptools.setup(
     name="semissl",
     version="0.1.0",
@@ -30,7 +41,8 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "matplotlib"],
+        "test": ["pytest>=8", "pytest-xdist", "matplotlib", *TEST_CONVERT_REQUIRES],
+        "convert": CONVERT_REQUIRES,  # torch / timm weights in and out (semissl.convert)
         "plots": ["matplotlib"],  # the PNG plots of experiments/make_results.py
         # Accelerator builds of jax; install one of these on TPU VMs / GPU boxes.
         "tpu": ["jax[tpu]"],

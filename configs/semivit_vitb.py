@@ -1,7 +1,14 @@
 """Semi-ViT ViT-B on ImageNet 1% / 10% (Cai et al. 2022), the three-stage pipeline.
 
-  1. (optional) self-supervised pretraining: any run whose checkpoint holds a
-     'backbone/...' ViT-B (e.g. MAE weights converted into a semissl workdir);
+  1. (optional) self-supervised pretraining: any workdir whose checkpoint holds a
+     'backbone/...' ViT-B, e.g. MAE's ViT-B/16 converted into one (decoder dropped):
+     python experiments/convert_weights.py --from=timm_vit --checkpoint=mae_pretrain_vit_base.pth --workdir=$ROOT/mae
+     then stage 2 with init_from=$ROOT/mae (or PRETRAINED=$ROOT/mae scripts/semivit_pipeline.sh).
+     It loads the patch embedding, position table (patch rows: 196 at 224 / 16),
+     blocks and final norm; this config's 'gap' ViT has no class token, so MAE's
+     cls_token is not used (init_from skips it), and the pooled features are the mean
+     of the normalised patch tokens (MAE's own fine-tuning keeps the class token in
+     the sequence and puts a fresh LayerNorm after the pooling);
   2. supervised fine-tuning on the labelled subset (Table 12):
      python experiments/main.py --config=configs/semivit_vitb.py:stage=supervised,labels=10pct,init_from=<stage-1 workdir> --workdir=$ROOT/supervised
   3. semi-supervised fine-tuning, EMA-Teacher + probabilistic pseudo mixup (Table 13):

@@ -5,6 +5,10 @@
 #
 #   ROOT=/tmp/semivit LABELS=10pct [PRETRAINED=<workdir with a ViT-B backbone>] \
 #     scripts/semivit_pipeline.sh [extra variant, e.g. runlocal]
+#
+# PRETRAINED from MAE's ViT-B/16 weights:
+#   python experiments/convert_weights.py --from=timm_vit \
+#     --checkpoint=mae_pretrain_vit_base.pth --workdir=/tmp/mae_vitb
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/semivit}

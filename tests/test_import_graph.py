@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {"semissl.losses": 0, "semissl.models": 0, "semissl.data": 0,
           "semissl.methods": 1, "semissl.training": 2, "semissl.inference": 3,
-          "semissl.cli": 4, "semissl": 4}
+          "semissl.convert": 3, "semissl.cli": 4, "semissl": 4}
 
 
 def _modules() -> dict[str, str]:

@@ -72,19 +72,11 @@ def require_checkpoint(workdir: str, *, what: str = "config.init_from") -> None:
                      f"{what} at its workdir.")
 
 
-def load_variables_from(workdir: str, current: dict[str, Any],
-                        collections=("params", "batch_stats"), *,
-                        require_all: bool = False, what: str = "init_from") -> dict[str, Any]:
-  """`config.init_from`: copies matching variables from another run's latest checkpoint.
-
-  Every variable of the other run whose path and shape match one of `current`
-  replaces it (so a fine-tune stage can load an encoder and keep a fresh head);
-  leaves without a counterpart keep their current value. Raises a one-line
-  error when the other run has no checkpoint, or when a shared path has
-  another shape, or when nothing matches (another architecture), or, with
-  `require_all` (e.g. a distillation teacher), when any leaf of `current` has no
-  counterpart. `what` names the caller in those errors (`semissl.load`: 'workdir').
-  """
+def restore_collections(workdir: str, collections=("params", "batch_stats")
+                        ) -> dict[str, Any]:
+  """The TrainState collections `collections` (e.g. 'params') of the latest checkpoint
+  in `workdir`, as saved (no model needed), on the first device; collections the
+  checkpoint lacks or holds empty are left out. One-line error without a checkpoint."""
   directory = workdirs.resolve(workdir) / "checkpoints"
   manager = ocp.CheckpointManager(
       directory, item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()},
@@ -106,7 +98,23 @@ def load_variables_from(workdir: str, current: dict[str, Any],
           abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
           partial_restore=True)}))[STATE_ITEM]
   manager.close()
+  return dict(restored)
 
+
+def load_variables_from(workdir: str, current: dict[str, Any],
+                        collections=("params", "batch_stats"), *,
+                        require_all: bool = False, what: str = "init_from") -> dict[str, Any]:
+  """`config.init_from`: copies matching variables from another run's latest checkpoint.
+
+  Every variable of the other run whose path and shape match one of `current`
+  replaces it (so a fine-tune stage can load an encoder and keep a fresh head);
+  leaves without a counterpart keep their current value. Raises a one-line
+  error when the other run has no checkpoint, or when a shared path has
+  another shape, or when nothing matches (another architecture), or, with
+  `require_all` (e.g. a distillation teacher), when any leaf of `current` has no
+  counterpart. `what` names the caller in those errors (`semissl.load`: 'workdir').
+  """
+  restored = restore_collections(workdir, collections)
   result, matched, missing = {}, 0, []
   for collection, tree in current.items():
     source = _flatten(restored.get(collection, {}))

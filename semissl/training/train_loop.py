@@ -39,6 +39,20 @@ from absl import logging
 from semissl.training import (checkpointing, evaluators, model_info, safety, setup, sharding,
                                workdirs)
 from semissl.training.metrics import MetricLogger, StepTimer
+from semissl.training.train_state import TrainState
+
+
+def init_from(state: TrainState, workdir: str) -> TrainState:
+  """`config.init_from`: `state` with the variables of `workdir`'s latest checkpoint
+  whose path and shape match (`checkpointing.load_variables_from`) as its params /
+  batch_stats and as the EMA target's; everything else (optimizer, step) as it was."""
+  loaded = checkpointing.load_variables_from(
+      workdir, {"params": state.params, "batch_stats": state.batch_stats})
+  # The target gets its own buffers: the train step donates the whole state.
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  return state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
+                       target_params=copy(loaded["params"]),
+                       target_batch_stats=copy(loaded["batch_stats"]))
 
 
 def _check_workdir(workdir: str) -> None:
@@ -112,13 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = checkpointing.restore(manager, state)
   elif config.get("init_from"):
     logging.info("Initialising variables from %s.", config.init_from)
-    loaded = checkpointing.load_variables_from(
-        config.init_from, {"params": state.params, "batch_stats": state.batch_stats})
-    # The target gets its own buffers: the train step donates the whole state.
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
-                          target_params=copy(loaded["params"]),
-                          target_batch_stats=copy(loaded["batch_stats"]))
+    state = init_from(state, config.init_from)
   if latest is None:
     state = state.replace(method_state=method.load_method_state(
         state.method_state, load_variables=checkpointing.load_variables_from))
