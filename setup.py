@@ -41,9 +41,12 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "matplotlib", *TEST_CONVERT_REQUIRES],
+        # scikit-learn: the PCA of colabs/quickstart.ipynb, whose cells tests/test_colabs.py runs.
+        "test": ["pytest>=8", "pytest-xdist", "matplotlib", "scikit-learn",
+                 *TEST_CONVERT_REQUIRES],
         "convert": CONVERT_REQUIRES,  # torch / timm weights in and out (semissl.convert)
         "plots": ["matplotlib"],  # the PNG plots of experiments/make_results.py
+        "notebooks": ["matplotlib", "scikit-learn"],  # colabs/*.ipynb beyond semissl itself
         # Accelerator builds of jax; install one of these on TPU VMs / GPU boxes.
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
