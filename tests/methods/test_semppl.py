@@ -323,18 +323,16 @@ def test_configs_validate():
     sempl_fmnist.get_config("stage=scratch,protocol=semppl")
 
 
-def test_configs_crop_every_view_by_default():
-  """SemPPL App. E: every view is random-cropped; crop_prob=0.5 is Table 12's figure."""
-  for get_config in (sempl_r50.get_config, sempl_fmnist.get_config):
-    default = get_config("small=2") if get_config is sempl_fmnist.get_config else (
-        get_config())
-    views = default.data.unlabelled_views
+def test_crop_probability_defaults():
+  """SemPPL App. E crops every view (sempl_r50); Table 12's 50% is the Fashion-MNIST
+  default, chosen on validation (docs/results/diagnostics/semppl_crop1_40)."""
+  for get_config, arg, default, other in ((sempl_r50.get_config, "", 1.0, 0.5),
+                                          (sempl_fmnist.get_config, "small=2,", 0.5, 1.0)):
+    views = get_config(arg.rstrip(",") or None).data.unlabelled_views
     assert {"small1", "small2"} <= set(views)
-    assert {views[v].crop_prob for v in views} == {1.0}
-    arg = "small=2,crop_prob=0.5" if get_config is sempl_fmnist.get_config else (
-        "crop_prob=0.5")
-    table12 = get_config(arg).data.unlabelled_views
-    assert {table12[v].crop_prob for v in table12} == {0.5}
+    assert {views[v].crop_prob for v in views} == {default}
+    changed = get_config(f"{arg}crop_prob={other}").data.unlabelled_views
+    assert {changed[v].crop_prob for v in changed} == {other}
 
 
 def test_fmnist_scratch_is_the_label_only_baseline():
