@@ -19,7 +19,7 @@ Variants (comma-separated key=value after ':'):
   Chosen on the validation split at 40 labels (seed 0, the 1500-step pretraining):
   SimCLRv2's fine-tune 62.5 val top-1; App. A.1 at rates 0.01 / 0.4: 65.3; at
   0.001 / 0.04: 66.8 (runs: docs/results/diagnostics/simclrv2_40_finetune). As for
-  SemPPL (configs/sempl_fmnist.py), 40 images can only teach the read-out.
+  SemPPL (configs/semppl_fmnist.py), 40 images can only teach the read-out.
   runlocal  (a few steps, for tests)
 The pretraining stage has no classifier: its eval is the k-NN monitor (eval_knn_top1).
 """

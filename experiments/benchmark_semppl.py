@@ -11,7 +11,7 @@ predictor, views, batch, optimizer and EMA target):
   nt_xent only  no queue, no k-NN, no semantic positives: NT-Xent between
                 every anchor view and every other large view's target.
 
-  python experiments/benchmark_semppl.py [--config=configs/sempl_fmnist.py:large=4,small=2]
+  python experiments/benchmark_semppl.py [--config=configs/semppl_fmnist.py:large=4,small=2]
       [--steps=20] [--write]
 The default config is the Fashion-MNIST one with the paper's view structure
 (4 large + 2 small views, 16 votes).
@@ -125,7 +125,7 @@ def interleaved_timings(steps_by_name, *, rounds):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--config", default="configs/sempl_fmnist.py:large=4,small=2")
+  parser.add_argument("--config", default="configs/semppl_fmnist.py:large=4,small=2")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--write", action="store_true")
   args = parser.parse_args()

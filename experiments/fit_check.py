@@ -1,6 +1,6 @@
 """Does a paper config fit its hardware? Compiles the train step, measures nothing run.
 
-  python experiments/fit_check.py --config=configs/sempl_r50.py --devices=64
+  python experiments/fit_check.py --config=configs/semppl_r50.py --devices=64
   python experiments/fit_check.py --all --write      # every paper config -> PERFORMANCE.md
 
 The train step of `--config` is lowered and compiled for the config's global batch
@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 
 # config file -> (devices, device, memory GiB per device): each paper's own hardware.
 PAPER_HARDWARE = {
-    "configs/sempl_r50.py": (64, "TPU v3 core", 16),  # SemPPL App. F: 13 h on 64 cores
+    "configs/semppl_r50.py": (64, "TPU v3 core", 16),  # SemPPL App. F: 13 h on 64 cores
     "configs/simclrv2_r50.py": (128, "TPU v3 core", 16),  # SimCLRv2 §4: 128 Cloud TPUs
     "configs/simmatch_r50.py": (8, "V100 32 GB", 32),  # SimMatch Table 4: 8 V100s
     "configs/semivit_vitb.py": (8, "V100 32 GB", 32),  # Semi-ViT: V100s of 32G, 8 for B

@@ -1,8 +1,8 @@
 """Entry point: flags -> config -> semissl.training.train_and_evaluate (semissl/cli.py).
 
   python experiments/main.py --config=configs/supervised_fmnist.py --workdir=/tmp/run
-  python experiments/main.py --config=configs/sempl_r50.py:labels=1pct --workdir=gs://...
-  python experiments/main.py --config=sempl_r50:labels=1pct --workdir=...   # by name
+  python experiments/main.py --config=configs/semppl_r50.py:labels=1pct --workdir=gs://...
+  python experiments/main.py --config=semppl_r50:labels=1pct --workdir=...   # by name
 
 The installed package has the same command as `semissl-train`. Exit status: 0
 finished; 1 stopped by a non-finite loss or a failed checkpoint write; 2 bad input

@@ -76,8 +76,8 @@ ENTRIES = (
                              extra=("--config.method.embedding_batch_norm=True",)),),
           flagship=True),
     Entry("semppl -> fine-tune", (
-        Stage("configs/sempl_fmnist.py:labels={labels},crop_prob=0.5", 0.75),
-        Stage("configs/sempl_fmnist.py:labels={labels},stage=finetune,init_from={prev}",
+        Stage("configs/semppl_fmnist.py:labels={labels},crop_prob=0.5", 0.75),
+        Stage("configs/semppl_fmnist.py:labels={labels},stage=finetune,init_from={prev}",
               0.25)), flagship=True),
     Entry("simclrv2 -> fine-tune", (
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=pretrain", 0.75),

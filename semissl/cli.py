@@ -1,6 +1,6 @@
 """The training command: flags -> config -> semissl.training.train_and_evaluate.
 
-  semissl-train --config=sempl_r50:labels=1pct --workdir=gs://...     # installed
+  semissl-train --config=semppl_r50:labels=1pct --workdir=gs://...     # installed
   python experiments/main.py --config=configs/supervised_fmnist.py --workdir=/tmp/run
 
 `--config` is a config file path or the name of a shipped config (the `configs`
@@ -114,11 +114,27 @@ def main(argv):
     print(f"Final: {summary}", flush=True)
 
 
+# Shipped configs that were renamed, old name -> new name: the old name (as a name
+# or as a path that no longer exists) fails with one line naming the new one.
+RENAMED_CONFIGS = {"sempl_fmnist": "semppl_fmnist", "sempl_r50": "semppl_r50"}
+
+
+def _check_not_renamed(spec: str, name: str, sep: str, variants: str) -> None:
+  directory, file = os.path.split(name)
+  stem, extension = os.path.splitext(file)
+  new = RENAMED_CONFIGS.get(stem)
+  if new is not None and not os.path.exists(name):
+    renamed = os.path.join(directory, new + extension) + sep + variants
+    _fail(f"--config={spec}: config {stem!r} is now {new!r}; use --config={renamed}", 2)
+
+
 def config_path(spec: str) -> str:
-  """`--config` as a file path: a shipped config's name ('sempl_r50', with optional
-  ':variants') becomes the path of configs/sempl_r50.py in the installed `configs`
-  package; a path (with '/' or ending in .py) is kept."""
+  """`--config` as a file path: a shipped config's name ('semppl_r50', with optional
+  ':variants') becomes the path of configs/semppl_r50.py in the installed `configs`
+  package; a path (with '/' or ending in .py) is kept. A renamed config's old name
+  (`RENAMED_CONFIGS`) is refused with its new one."""
   name, sep, variants = spec.partition(":")
+  _check_not_renamed(spec, name, sep, variants)
   if "/" in name or name.endswith(".py") or not name:
     return spec
   import configs  # the shipped configs (a clone's configs/ when run from a clone)

@@ -12,7 +12,7 @@ def test_installed_command_runs_a_shipped_config_outside_the_clone(tmp_path):
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                   "--no-build-isolation", "--no-index", "--target", str(site), ROOT],
                  check=True, capture_output=True, timeout=600)
-  assert (site / "configs" / "sempl_r50.py").exists() and (site / "bin" / "semissl-train").exists()
+  assert (site / "configs" / "semppl_r50.py").exists() and (site / "bin" / "semissl-train").exists()
   assert not (site / "experiments").exists() and not (site / "tests").exists()
   outside = tmp_path / "elsewhere"
   outside.mkdir()
@@ -27,10 +27,10 @@ def test_installed_command_runs_a_shipped_config_outside_the_clone(tmp_path):
                          cwd=outside, env=env, capture_output=True, text=True, check=True)
   assert all(line.startswith(str(site)) for line in where.stdout.split())
 
-  proc = run("--config=sempl_r5", f"--workdir={outside / 'bad'}")
+  proc = run("--config=semppl_r5", f"--workdir={outside / 'bad'}")
   lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-  assert "no shipped config 'sempl_r5'; known: " in lines[0] and "sempl_r50" in lines[0]
+  assert "no shipped config 'semppl_r5'; known: " in lines[0] and "semppl_r50" in lines[0]
 
   proc = run("--config=supervised_fmnist:runlocal", f"--workdir={outside / 'run'}")
   assert proc.returncode == 0, proc.stderr[-3000:]

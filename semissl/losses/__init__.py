@@ -1,16 +1,24 @@
 """semissl.losses: every equation of the papers as a pure JAX function.
 
-jax + chex only: importing this package never imports TensorFlow or flax modules.
+jax, chex and optax only: importing this package never imports TensorFlow or flax
+modules.
 """
+# --- shared: reductions, cross-entropy, KL, label smoothing, l2 normalisation ---
+from semissl.losses.common import cross_entropy_with_probs
+from semissl.losses.common import kl_divergence_with_probs
+from semissl.losses.common import l2_normalize
+from semissl.losses.common import reduce_loss
+from semissl.losses.common import smooth_labels
+from semissl.losses.common import softmax_cross_entropy
+# --- end shared ---
 # --- contrastive family (SimCLRv2, SemPPL) ---
-from semissl.losses.contrastive import l2_normalize
 from semissl.losses.contrastive import nt_xent
 from semissl.losses.distillation import distillation
 from semissl.losses.distillation import distillation_with_labels
 from semissl.losses.queue import EMPTY_LABEL
-from semissl.losses.queue import init_labelled_queue
-from semissl.losses.queue import LabelledQueue
-from semissl.losses.queue import push_labelled_queue
+from semissl.losses.queue import EmbeddingQueue
+from semissl.losses.queue import init_embedding_queue
+from semissl.losses.queue import push_embedding_queue
 from semissl.losses.semppl import invariance_kl
 from semissl.losses.semppl import sample_negative_indices
 from semissl.losses.semppl import semppl_contrastive
@@ -39,20 +47,15 @@ from semissl.losses.distribution_alignment import align_distribution
 from semissl.losses.distribution_alignment import align_with_window
 from semissl.losses.distribution_alignment import DistributionAlignmentWindow
 from semissl.losses.distribution_alignment import init_distribution_alignment_window
+from semissl.losses.distribution_alignment import push_and_align
 from semissl.losses.distribution_alignment import push_distribution_window
-from semissl.losses.distribution_alignment import simmatch_distribution_alignment
 from semissl.losses.distribution_alignment import window_mean
 from semissl.losses.ema import byol_cosine_ema_decay
 from semissl.losses.ema import ema_schedule
 from semissl.losses.ema import ema_update
 from semissl.losses.ema import mean_teacher_ema_decay
-from semissl.losses.fixmatch import cross_entropy_with_probs
 from semissl.losses.fixmatch import fixmatch_loss
-from semissl.losses.fixmatch import kl_divergence_with_probs
 from semissl.losses.fixmatch import pseudo_label_loss
-from semissl.losses.fixmatch import reduce_loss
-from semissl.losses.fixmatch import smooth_labels
-from semissl.losses.fixmatch import softmax_cross_entropy
 from semissl.losses.fixmatch import thresholded_cross_entropy
 from semissl.losses.mixing import cutmix
 from semissl.losses.mixing import mixup
@@ -64,7 +67,6 @@ from semissl.losses.mixmatch import mixmatch_guess_labels
 from semissl.losses.mixmatch import mixmatch_loss
 from semissl.losses.mixmatch import mixmatch_mix
 from semissl.losses.mixmatch import mixmatch_mix_ratio
-from semissl.losses.mixmatch import remixmatch_distribution_alignment
 from semissl.losses.simmatch import init_labelled_bank
 from semissl.losses.simmatch import instance_similarity
 from semissl.losses.simmatch import LabelledBank

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from semissl.losses import common
 from semissl.losses import fixmatch
 
 
@@ -31,7 +32,7 @@ def entropy_minimization(*, logits: jax.Array,
   """Entropy minimisation (Grandvalet & Bengio 2004; survey): H(softmax(logits))."""
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   per_example = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return common.reduce_loss(per_example=per_example, reduction=reduction)
 
 
 def softmax_mse_consistency(*, logits: jax.Array, target_logits: jax.Array,
@@ -40,7 +41,7 @@ def softmax_mse_consistency(*, logits: jax.Array, target_logits: jax.Array,
   target = jax.nn.softmax(jax.lax.stop_gradient(target_logits), axis=-1)
   per_example = jnp.mean(jnp.square(jax.nn.softmax(logits, axis=-1) - target),
                          axis=-1)
-  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return common.reduce_loss(per_example=per_example, reduction=reduction)
 
 
 def pi_model_loss(*, logits: jax.Array, other_logits: jax.Array,
@@ -115,7 +116,7 @@ def interpolation_consistency_loss(
     teacher_logits: [B, C] teacher logits on the unmixed inputs.
     permutation: [B] partner index j used to mix the inputs.
     mix_ratio: lambda (scalar or [B]) used to mix the inputs.
-    reduction: see `fixmatch.reduce_loss`.
+    reduction: see `common.reduce_loss`.
   """
   teacher = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
   ratio = jnp.broadcast_to(jnp.asarray(mix_ratio, teacher.dtype),
@@ -124,7 +125,7 @@ def interpolation_consistency_loss(
                                  + (1.0 - ratio) * teacher[permutation])
   per_example = jnp.mean(
       jnp.square(jax.nn.softmax(mixed_logits, axis=-1) - target), axis=-1)
-  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return common.reduce_loss(per_example=per_example, reduction=reduction)
 
 
 def uda_loss(*, teacher_logits: jax.Array, student_logits: jax.Array,
@@ -140,7 +141,7 @@ def uda_loss(*, teacher_logits: jax.Array, student_logits: jax.Array,
     student_logits: [B, C] logits of the augmented example.
     threshold: tau (strict `>`).
     temperature: T of the sharpened target.
-    reduction: see `fixmatch.reduce_loss` ('mean' = 1/N; UDA's code divides by the
+    reduction: see `common.reduce_loss` ('mean' = 1/N; UDA's code divides by the
       kept count, 'masked_mean').
 
   Returns:
@@ -151,10 +152,10 @@ def uda_loss(*, teacher_logits: jax.Array, student_logits: jax.Array,
   mask = fixmatch.confidence_mask(confidences=confidences, threshold=threshold,
                                   strict=True)
   target = jax.nn.softmax(teacher_logits / temperature, axis=-1)
-  per_example = fixmatch.kl_divergence_with_probs(logits=student_logits,
-                                                  target_probs=target)
-  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction,
-                              mask=mask)
+  per_example = common.kl_divergence_with_probs(logits=student_logits,
+                                                target_probs=target)
+  loss = common.reduce_loss(per_example=per_example, reduction=reduction,
+                            mask=mask)
   return loss, {"mask": mask, "mask_rate": jnp.mean(mask),
                 "confidences": confidences}
 
@@ -199,10 +200,10 @@ def tsa_cross_entropy(*, logits: jax.Array, labels: jax.Array,
   """
   chex.assert_rank(logits, 2)
   chex.assert_shape(labels, logits.shape[:1])
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  correct = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  mask = jax.lax.stop_gradient((jnp.exp(correct) <= threshold).astype(logits.dtype))
-  loss = fixmatch.reduce_loss(per_example=-correct, reduction="masked_mean", mask=mask)
+  per_example = common.softmax_cross_entropy(logits=logits, labels=labels,
+                                             reduction="none")  # -log p(y*|x)
+  mask = jax.lax.stop_gradient((jnp.exp(-per_example) <= threshold).astype(logits.dtype))
+  loss = common.reduce_loss(per_example=per_example, reduction="masked_mean", mask=mask)
   return loss, {"mask": mask, "kept_rate": jnp.mean(mask)}
 
 
@@ -253,8 +254,8 @@ def vat_adversarial_direction(
   x = jax.lax.stop_gradient(x)
 
   def divergence(perturbation):
-    return jnp.sum(fixmatch.kl_divergence_with_probs(logits=apply_fn(x + perturbation),
-                                                     target_probs=target))
+    return jnp.sum(common.kl_divergence_with_probs(logits=apply_fn(x + perturbation),
+                                                   target_probs=target))
 
   if power_iteration == "hessian":
     def curvature_times(direction):
@@ -294,8 +295,8 @@ def vat_loss(*, apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
       epsilon=epsilon, num_power_iterations=num_power_iterations,
       power_iteration=power_iteration)
   target = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
-  per_example = fixmatch.kl_divergence_with_probs(
+  per_example = common.kl_divergence_with_probs(
       logits=apply_fn(x + perturbation),
       target_probs=target)
-  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  loss = common.reduce_loss(per_example=per_example, reduction=reduction)
   return loss, {"perturbation": perturbation}

@@ -13,16 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-# Norms below this are treated as this value, so zero vectors normalise to zero.
-NORM_EPSILON = 1e-12
-
-
-def l2_normalize(
-    x: chex.Array, *, axis: int = -1, epsilon: float = NORM_EPSILON
-) -> chex.Array:
-  """`x / max(||x||, epsilon)` along `axis`: zero vectors map to zero."""
-  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon * epsilon))
+from semissl.losses.common import l2_normalize
+from semissl.losses.common import softmax_cross_entropy
 
 
 def nt_xent(
@@ -68,11 +60,11 @@ def nt_xent(
     logits = jnp.concatenate([logits, z @ queue.T / temperature], axis=1)
   positive = (anchor + n) % (2 * n)
   positive_logits = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
-  per_anchor = jax.nn.logsumexp(logits, axis=1) - positive_logits
   extras = {
       "contrastive_accuracy": jnp.mean(
           (jnp.argmax(logits, axis=1) == positive).astype(jnp.float32)
       ),
       "positive_cosine": jnp.mean(positive_logits) * temperature,
   }
-  return jnp.mean(per_anchor), extras
+  # -log softmax(logits)_positive, averaged over the 2N anchors.
+  return softmax_cross_entropy(logits=logits, labels=positive), extras

@@ -6,6 +6,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from semissl.losses import common
+
 
 def distillation(
     *,
@@ -30,8 +32,8 @@ def distillation(
   teacher_probs = jax.nn.softmax(
       jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1
   )
-  student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-  return -jnp.mean(jnp.sum(teacher_probs * student_log_probs, axis=-1))
+  return jnp.mean(common.cross_entropy_with_probs(
+      logits=student_logits / temperature, target_probs=teacher_probs))
 
 
 def distillation_with_labels(
@@ -67,13 +69,12 @@ def distillation_with_labels(
       temperature=temperature,
   )
   labelled = labels >= 0
-  log_probs = jax.nn.log_softmax(student_logits, axis=-1)
-  label_log_probs = jnp.take_along_axis(
-      log_probs, jnp.maximum(labels, 0)[:, None], axis=-1
-  )[:, 0]
-  num_labelled = jnp.sum(labelled)
-  label_ce = -jnp.sum(jnp.where(labelled, label_log_probs, 0.0)) / jnp.maximum(
-      num_labelled, 1
+  per_example = common.softmax_cross_entropy(
+      logits=student_logits, labels=jnp.maximum(labels, 0), reduction="none"
+  )
+  label_ce = common.reduce_loss(
+      per_example=per_example, reduction="masked_mean",
+      mask=labelled.astype(per_example.dtype),
   )
   loss = (1.0 - alpha) * label_ce + alpha * distill
   return loss, {"distillation": distill, "label_cross_entropy": label_ce}

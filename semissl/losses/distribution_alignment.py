@@ -99,19 +99,21 @@ def align_with_window(*, probs: jax.Array, window: DistributionAlignmentWindow,
                             target_prior=target_prior)
 
 
-def simmatch_distribution_alignment(
+def push_and_align(
     *, probs: jax.Array, window: DistributionAlignmentWindow,
     target_prior: jax.Array | None = None,
 ) -> tuple[jax.Array, DistributionAlignmentWindow]:
-  """SimMatch Eq. 2's DA(p_w): push the batch mean, then Normalize(p / p_avg).
+  """DA with a moving window: push the batch mean, then Normalize(p * p_target / p_model).
 
-  The order (the current batch enters the window before it is aligned, as in the
-  public CoMatch/SimMatch code) means the window is never empty when used.
+  ReMixMatch's DA with `target_prior` the labelled class prior; SimMatch Eq. 2's
+  DA(p_w) = Normalize(p_w / p_w_avg) with `target_prior` None (uniform). The order
+  (the current batch enters the window before it is aligned, as in the public
+  CoMatch/SimMatch code) means the window is never empty when used.
 
   Args:
     probs: [B, C] weak-view (teacher) probabilities.
     window: the ring buffer state.
-    target_prior: None for SimMatch's uniform target; the labelled prior for ReMixMatch.
+    target_prior: [C] class prior to align to; None = uniform.
 
   Returns:
     (aligned probs [B, C] under stop-gradient, updated window).

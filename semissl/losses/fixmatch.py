@@ -1,7 +1,5 @@
-"""Cross-entropy, thresholded pseudo-label losses: FixMatch and EMA-Teacher.
+"""Thresholded pseudo-label losses: FixMatch and EMA-Teacher.
 
-* `softmax_cross_entropy`: the supervised loss (SimMatch Eq. 1, Semi-ViT L_l), with
-  integer or soft labels and label smoothing.
 * `thresholded_cross_entropy`: 1/N sum_i [o_i >= tau] CE(y_hat_i, logits_i), the
   unsupervised term shared by FixMatch, EMA-Teacher (Semi-ViT Eq. 2) and SimMatch Eq. 2.
 * `fixmatch_loss`: pseudo-labels from the weak view (student for FixMatch, EMA teacher
@@ -9,88 +7,15 @@
   for the strong view.
 * `pseudo_label_loss`: Lee (2013), the model's own argmax as a target (survey).
 
-All targets built from predictions are under `jax.lax.stop_gradient`.
+All targets built from predictions are under `jax.lax.stop_gradient`. The
+cross-entropy, smoothing and reductions are `semissl.losses.common`'s.
 """
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-REDUCTIONS = ("mean", "masked_mean", "sum", "none")
-
-
-def reduce_loss(*, per_example: jax.Array, reduction: str = "mean",
-                mask: jax.Array | None = None) -> jax.Array:
-  """Reduces per-example losses over all their axes.
-
-  Args:
-    per_example: losses, any shape (usually [B]).
-    reduction: 'mean' (sum / number of examples, the papers' 1/N sum incl. masked-out
-      ones), 'masked_mean' (sum / number of kept examples, 0 when none is kept),
-      'sum', or 'none' (the masked per-example losses).
-    mask: optional weights (same shape), multiplied into the losses.
-
-  Returns:
-    The reduced loss (a scalar unless reduction is 'none').
-  """
-  if reduction not in REDUCTIONS:
-    raise ValueError(f"Unknown reduction {reduction!r}; known: {REDUCTIONS}.")
-  if mask is not None:
-    per_example = per_example * mask
-  if reduction == "none":
-    return per_example
-  if reduction == "sum":
-    return jnp.sum(per_example)
-  if reduction == "mean":
-    return jnp.mean(per_example)
-  kept = jnp.size(per_example) if mask is None else jnp.sum(mask)
-  return jnp.sum(per_example) / jnp.maximum(kept, 1.0)
-
-
-def cross_entropy_with_probs(*, logits: jax.Array,
-                             target_probs: jax.Array) -> jax.Array:
-  """Per-example H(t, softmax(logits)) = -sum_c t_c log_softmax(logits)_c; [..., C] -> [...]."""
-  return -jnp.sum(target_probs * jax.nn.log_softmax(logits, axis=-1), axis=-1)
-
-
-def kl_divergence_with_probs(*, logits: jax.Array,
-                             target_probs: jax.Array) -> jax.Array:
-  """Per-example KL(t || softmax(logits)), with 0 log 0 = 0; [..., C] -> [...]."""
-  safe_log_t = jnp.log(jnp.where(target_probs > 0, target_probs, 1.0))
-  return jnp.sum(target_probs * (safe_log_t - jax.nn.log_softmax(logits, axis=-1)),
-                 axis=-1)
-
-
-def smooth_labels(*, targets: jax.Array, label_smoothing: float) -> jax.Array:
-  """Label smoothing (Szegedy et al. 2016): (1 - eps) * t + eps / C."""
-  num_classes = targets.shape[-1]
-  return (1.0 - label_smoothing) * targets + label_smoothing / num_classes
-
-
-def softmax_cross_entropy(*, logits: jax.Array, labels: jax.Array,
-                          label_smoothing: float = 0.0,
-                          reduction: str = "mean") -> jax.Array:
-  """Supervised cross-entropy, SimMatch Eq. 1 / Semi-ViT L_l (Sec. 2.3).
-
-  Args:
-    logits: [..., C].
-    labels: integer class ids [...] or soft / one-hot targets [..., C].
-    label_smoothing: eps of `smooth_labels` (Semi-ViT uses 0.1).
-    reduction: see `reduce_loss`.
-
-  Returns:
-    The loss.
-  """
-  num_classes = logits.shape[-1]
-  if labels.ndim == logits.ndim - 1:
-    targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  else:
-    targets = labels.astype(logits.dtype)
-  if label_smoothing:
-    targets = smooth_labels(targets=targets, label_smoothing=label_smoothing)
-  per_example = cross_entropy_with_probs(logits=logits, target_probs=targets)
-  return reduce_loss(per_example=per_example, reduction=reduction)
-
+from semissl.losses import common
 
 def confidence_mask(*, confidences: jax.Array, threshold: float,
                     strict: bool = False) -> jax.Array:
@@ -115,7 +40,7 @@ def thresholded_cross_entropy(
     hard_targets: one-hot argmax targets if True, else the distribution itself.
     label_smoothing: applied to the targets (after the argmax).
     strict: `>` instead of `>=`.
-    reduction: see `reduce_loss`; 'mean' divides by all N as the papers do.
+    reduction: see `common.reduce_loss`; 'mean' divides by all N as the papers do.
 
   Returns:
     (loss, extras) with extras 'mask' [...], 'mask_rate', 'pseudo_labels' [...] (int),
@@ -130,9 +55,9 @@ def thresholded_cross_entropy(
   else:
     targets = pseudo_probs
   if label_smoothing:
-    targets = smooth_labels(targets=targets, label_smoothing=label_smoothing)
-  per_example = cross_entropy_with_probs(logits=logits, target_probs=targets)
-  loss = reduce_loss(per_example=per_example, reduction=reduction, mask=mask)
+    targets = common.smooth_labels(targets=targets, label_smoothing=label_smoothing)
+  per_example = common.cross_entropy_with_probs(logits=logits, target_probs=targets)
+  loss = common.reduce_loss(per_example=per_example, reduction=reduction, mask=mask)
   extras = {"mask": mask, "mask_rate": jnp.mean(mask),
             "pseudo_labels": pseudo_labels, "confidences": confidences}
   return loss, extras
@@ -157,7 +82,7 @@ def fixmatch_loss(
     soft_targets: use p itself instead of the one-hot argmax as the target.
     label_smoothing: smoothing of the targets (Semi-ViT: 0.1).
     temperature: T applied to the weak logits (confidence and soft targets).
-    reduction: see `reduce_loss`.
+    reduction: see `common.reduce_loss`.
 
   Returns:
     (loss, extras) as `thresholded_cross_entropy`, plus 'pseudo_probs'.

@@ -12,7 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from semissl.losses import fixmatch
+from semissl.losses import common
 
 
 def sample_mix_ratio(*, rng: jax.Array, alpha: float,
@@ -224,18 +224,18 @@ def pseudo_mixup_loss(
     mixed_targets: [B, C] y~ from `probabilistic_pseudo_mixup` (stop-gradient applied).
     mask: [B] its Eq. 5 mask.
     label_smoothing: applied to y~ (Semi-ViT: 0.1).
-    reduction: see `fixmatch.reduce_loss`.
+    reduction: see `common.reduce_loss`.
 
   Returns:
     (loss, extras) with 'mask_rate'.
   """
   targets = jax.lax.stop_gradient(mixed_targets).astype(logits.dtype)
   if label_smoothing:
-    targets = fixmatch.smooth_labels(targets=targets,
-                                     label_smoothing=label_smoothing)
+    targets = common.smooth_labels(targets=targets,
+                                   label_smoothing=label_smoothing)
   mask = jax.lax.stop_gradient(mask).astype(logits.dtype)
-  per_example = fixmatch.cross_entropy_with_probs(logits=logits,
-                                                  target_probs=targets)
-  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction,
-                              mask=mask)
+  per_example = common.cross_entropy_with_probs(logits=logits,
+                                                target_probs=targets)
+  loss = common.reduce_loss(per_example=per_example, reduction=reduction,
+                            mask=mask)
   return loss, {"mask_rate": jnp.mean(mask)}

@@ -1,18 +1,17 @@
-"""MixMatch (Berthelot et al. 2019) and ReMixMatch distribution alignment (survey).
+"""MixMatch (Berthelot et al. 2019; survey).
 
 MixMatch: guess labels y_hat = Sharpen(1/K sum_k p(y | u^(k)), T) (stop-gradient),
 mix the concatenated labelled + unlabelled batch with lambda' = max(lambda, 1 - lambda),
 then L_s = CE on the mixed labelled part, L_u = 1/(L |U|) sum ||y_hat - p||^2.
-ReMixMatch: Normalize(p * p(y) / p~(y_hat)) with the labelled class prior p(y).
+ReMixMatch's distribution alignment is `distribution_alignment.push_and_align`.
 """
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from semissl.losses import common
 from semissl.losses import consistency
-from semissl.losses import distribution_alignment
-from semissl.losses import fixmatch
 from semissl.losses import mixing
 
 
@@ -72,9 +71,9 @@ def mixmatch_mix(
 def mixmatch_labelled_loss(*, logits: jax.Array, targets: jax.Array,
                            reduction: str = "mean") -> jax.Array:
   """MixMatch L_s: 1/|X'| sum H(y', p(y | x')) with soft (mixed) targets."""
-  per_example = fixmatch.cross_entropy_with_probs(
+  per_example = common.cross_entropy_with_probs(
       logits=logits, target_probs=jax.lax.stop_gradient(targets))
-  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return common.reduce_loss(per_example=per_example, reduction=reduction)
 
 
 def mixmatch_unlabelled_loss(*, logits: jax.Array, targets: jax.Array,
@@ -82,7 +81,7 @@ def mixmatch_unlabelled_loss(*, logits: jax.Array, targets: jax.Array,
   """MixMatch L_u: 1/(L |U'|) sum ||y_hat' - p(y | u')||^2 (per example: mean over L)."""
   per_example = jnp.mean(jnp.square(jax.lax.stop_gradient(targets)
                                     - jax.nn.softmax(logits, axis=-1)), axis=-1)
-  return fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  return common.reduce_loss(per_example=per_example, reduction=reduction)
 
 
 def mixmatch_loss(
@@ -100,18 +99,3 @@ def mixmatch_loss(
                                           targets=unlabelled_targets)
   return supervised + unlabelled_weight * unsupervised, {
       "supervised_loss": supervised, "unsupervised_loss": unsupervised}
-
-
-def remixmatch_distribution_alignment(*, probs: jax.Array,
-                                      labelled_prior: jax.Array,
-                                      model_prior: jax.Array) -> jax.Array:
-  """ReMixMatch DA (survey): Normalize(p(y|u) * p(y) / p~(y_hat)), under stop-gradient.
-
-  Args:
-    probs: [B, C] predictions on unlabelled data.
-    labelled_prior: [C] class distribution of the labelled data, p(y).
-    model_prior: [C] running average of the predictions on unlabelled data
-      (e.g. `distribution_alignment.window_mean` of a ring of the last 128 batches).
-  """
-  return distribution_alignment.align_distribution(
-      probs=probs, model_prior=model_prior, target_prior=labelled_prior)

@@ -20,7 +20,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from semissl.losses.contrastive import l2_normalize
+from semissl.losses.common import l2_normalize
 
 
 def sample_negative_indices(

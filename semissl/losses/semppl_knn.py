@@ -17,8 +17,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from semissl.losses.contrastive import l2_normalize
-from semissl.losses.contrastive import NORM_EPSILON
+from semissl.losses.common import l2_normalize
+from semissl.losses.common import NORM_EPSILON
 
 
 def _as_views(x: chex.Array, rank: int) -> chex.Array:

@@ -5,7 +5,7 @@
 * Eq. 7-10 `simmatch_propagate`: unfold p_w to the bank and scale q_w (Eq. 7-8);
   aggregate q_w to classes and smooth p_w (Eq. 9-10); Table 6's other strategies too.
 * Eq. 2 `simmatch_unlabelled_loss`: [max p_hat > tau] H(p_hat, p_s), soft targets.
-  DA(p_w) is `semissl.losses.distribution_alignment.simmatch_distribution_alignment`.
+  DA(p_w) is `semissl.losses.distribution_alignment.push_and_align` (uniform p_target).
 * Eq. 12 `update_labelled_bank`: slot-by-id write of the labelled memory bank, either
   overwritten with the teacher embedding (student-teacher variant, Eq. 11 for the
   teacher) or temporal-ensembled, normalize(m * old + (1 - m) * new).
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from semissl.losses import common
 from semissl.losses import distribution_alignment
 from semissl.losses import fixmatch
 
@@ -39,17 +40,11 @@ class LabelledBank(NamedTuple):
   labels: jax.Array
 
 
-def l2_normalize(*, x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps): zero vectors stay zero (no NaN value or gradient)."""
-  sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
-
-
 def init_labelled_bank(*, rng: jax.Array, num_slots: int, dim: int,
                        labels: jax.Array | None = None,
                        dtype: jnp.dtype = jnp.float32) -> LabelledBank:
   """Bank of normalised Gaussian noise; labels given (the labelled split) or all -1."""
-  embeddings = l2_normalize(x=jax.random.normal(rng, (num_slots, dim), dtype))
+  embeddings = common.l2_normalize(jax.random.normal(rng, (num_slots, dim), dtype))
   if labels is None:
     labels = jnp.full((num_slots,), -1, jnp.int32)
   return LabelledBank(embeddings=embeddings, labels=jnp.asarray(labels, jnp.int32))
@@ -79,11 +74,11 @@ def update_labelled_bank(*, bank: LabelledBank, ids: jax.Array,
   num_slots = bank.embeddings.shape[0]
   ids = jnp.asarray(ids, jnp.int32)
   slot_ids = jnp.where(ids >= 0, ids, num_slots)  # out of range: dropped
-  new = l2_normalize(x=jax.lax.stop_gradient(embeddings).astype(
+  new = common.l2_normalize(jax.lax.stop_gradient(embeddings).astype(
       bank.embeddings.dtype))
   if not (isinstance(momentum, (int, float)) and momentum == 0):
     old = bank.embeddings.at[slot_ids].get(mode="fill", fill_value=0)
-    new = l2_normalize(x=momentum * old + (1.0 - momentum) * new)
+    new = common.l2_normalize(momentum * old + (1.0 - momentum) * new)
   new_embeddings = bank.embeddings.at[slot_ids].set(new, mode="drop")
   new_labels = bank.labels
   if labels is not None:
@@ -96,8 +91,8 @@ def instance_similarity_logits(*, embeddings: jax.Array,
                                bank_embeddings: jax.Array,
                                temperature: float) -> jax.Array:
   """sim(z_b, z_k) / t with cosine similarity: [B, D] x [K, D] -> [B, K]."""
-  z = l2_normalize(x=embeddings)
-  bank = l2_normalize(x=bank_embeddings)
+  z = common.l2_normalize(embeddings)
+  bank = common.l2_normalize(bank_embeddings)
   return jnp.einsum("bd,kd->bk", z, bank) / temperature
 
 
@@ -203,7 +198,7 @@ def simmatch_instance_loss(
     strong_embeddings: [B, D] student embeddings of the strong view.
     bank_embeddings: [K, D] labelled bank (a buffer: stop-gradient applied).
     temperature: t of Eq. 4.
-    reduction: see `fixmatch.reduce_loss`.
+    reduction: see `common.reduce_loss`.
 
   Returns:
     (loss, extras) with 'target_entropy' (mean entropy of q_target).
@@ -213,9 +208,9 @@ def simmatch_instance_loss(
       embeddings=strong_embeddings,
       bank_embeddings=jax.lax.stop_gradient(bank_embeddings),
       temperature=temperature)
-  per_example = fixmatch.cross_entropy_with_probs(logits=logits,
-                                                  target_probs=q_target)
-  loss = fixmatch.reduce_loss(per_example=per_example, reduction=reduction)
+  per_example = common.cross_entropy_with_probs(logits=logits,
+                                                target_probs=q_target)
+  loss = common.reduce_loss(per_example=per_example, reduction=reduction)
   safe_log_q = jnp.log(jnp.where(q_target > 0, q_target, 1.0))
   target_entropy = jnp.mean(-jnp.sum(q_target * safe_log_q, axis=-1))
   return loss, {"target_entropy": target_entropy}

@@ -96,9 +96,8 @@ class SimCLRDistill(base.Method):
       images = self.concat_examples([labelled["images"]["image"], images])
       labels = self.concat_examples(
           [labelled["label"], jnp.full((num_unlabelled,), -1, labelled["label"].dtype)])
-    outputs, updates = self.student.apply(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
+    outputs, batch_stats = networks.apply_train(self.student, params, state.batch_stats,
+                                                images, rng=rng)
     student_logits = outputs["logits"]
     teacher_logits = jax.lax.stop_gradient(
         self.teacher.apply(state.method_state["teacher"], images, train=False)["logits"])
@@ -119,7 +118,7 @@ class SimCLRDistill(base.Method):
       metrics.update(networks.pseudo_label_telemetry(
           pseudo_labels=teacher_labels, true_labels=unlabelled["true_label"],
           prefix="teacher_"))
-    return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
+    return loss, base.StepAux(batch_stats, state.method_state, metrics)
 
   def eval_logits(self, variables, images):
     return self.student.apply(variables, images, train=False)["logits"]

@@ -144,18 +144,14 @@ class FixMatch(base.Method):
     return jnp.asarray(counts / counts.sum(), jnp.float32)
 
   def _student(self, params, batch_stats, images, rng):
-    logits, updates = self.model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
-    return logits, updates["batch_stats"]
+    return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
   def _teacher_logits(self, params, batch_stats, images, rng):
-    variables = {"params": params, "batch_stats": batch_stats}
     if self.config.method.get("teacher_train_mode", False):
-      logits, _ = self.model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                   rngs={"dropout": rng})
+      logits, _ = networks.apply_train(self.model, params, batch_stats, images, rng=rng)
     else:
-      logits = self.model.apply(variables, images, train=False)
+      logits = self.model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=False)
     return jax.lax.stop_gradient(logits)
 
   def _mix(self, *, images, targets, rng):
@@ -225,7 +221,7 @@ class FixMatch(base.Method):
 
     probs = jax.nn.softmax(weak_logits / cfg.get("temperature", 1.0), axis=-1)
     if cfg.get("distribution_alignment", False):
-      probs, window = losses.simmatch_distribution_alignment(
+      probs, window = losses.push_and_align(
           probs=probs, window=method_state["da"], target_prior=self._labelled_prior())
       method_state = dict(method_state, da=window)
     threshold = cfg.get("threshold", 0.95)

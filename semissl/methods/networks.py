@@ -1,4 +1,5 @@
-"""Pieces every method builds on: the configured backbone and pseudo-label telemetry."""
+"""Pieces every method builds on: the configured backbone, the train-mode forward,
+device-local concatenation of example batches and pseudo-label telemetry."""
 from __future__ import annotations
 
 from absl import logging
@@ -22,6 +23,21 @@ def build_backbone(model_config: ml_collections.ConfigDict):
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
   kwargs["dtype"] = precision.compute_dtype(kwargs.get("dtype") or "float32")
   return models.get_backbone(model_config.name, **kwargs)
+
+
+def apply_train(model, params, batch_stats, images, *, rng=None, method=None):
+  """Train-mode forward with mutable batch statistics: BN normalises with the
+  statistics of `images` (dropout, if any, draws from `rng`).
+
+  Returns (outputs, updated batch_stats) (`batch_stats` itself when the model has
+  none to update); callers that must not move the running averages (teachers,
+  VAT's perturbed passes, label guessing) drop the latter.
+  """
+  outputs, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True,
+      mutable=["batch_stats"], rngs=None if rng is None else {"dropout": rng},
+      method=method)
+  return outputs, updates.get("batch_stats", batch_stats)
 
 
 def rows_over_data(method, *, num_rows: int, paths: tuple[str, ...],

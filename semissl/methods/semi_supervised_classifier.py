@@ -79,15 +79,9 @@ class SemiSupervisedClassifier(base.Method):
     return dict(variables), {}
 
   def apply_train(self, params, batch_stats, images, *, rng):
-    """Train-mode forward: BN normalises with the statistics of `images`.
-
-    Returns (logits, updated batch_stats); callers that must not move the running
-    averages (teachers, VAT's perturbed passes, label guessing) drop the latter.
-    """
-    logits, updates = self.model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
-    return logits, updates.get("batch_stats", batch_stats)
+    """`networks.apply_train` of this method's classifier: (logits, updated
+    batch_stats)."""
+    return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
   def unlabelled_weight(self, step) -> jax.Array:
     """mu(t) = method.unlabelled_weight * ramp(t)."""

@@ -201,7 +201,7 @@ class SemPPL(base.Method):
     model_rng, queue_rng = jax.random.split(rng)
     images = example_batch["labelled"]["images"][self.large_views[0]]
     variables = self.model.init(model_rng, images, train=False)
-    queue = losses.init_labelled_queue(
+    queue = losses.init_embedding_queue(
         rng=queue_rng, capacity=int(self.options["queue_capacity"]),
         dim=int(self.options["projection_dim"]), num_views=len(self.large_views))
     return dict(variables), {"queue": queue}
@@ -233,16 +233,13 @@ class SemPPL(base.Method):
     for group in (self.large_views, self.small_views):
       if not group:
         continue
-      (_, prediction), updates = self.model.apply(
-          {"params": params, "batch_stats": batch_stats}, stacked(group),
-          train=True, mutable=["batch_stats"])
-      batch_stats = updates["batch_stats"]
+      (_, prediction), batch_stats = networks.apply_train(
+          self.model, params, batch_stats, stacked(group))
       predictions.append(per_view(prediction, group))
     # The target runs in training mode (batch statistics), its updates dropped.
-    target, _ = self.model.apply(
-        {"params": state.target_params, "batch_stats": state.target_batch_stats},
-        stacked(self.large_views), train=True, mutable=["batch_stats"],
-        method=SemPPLNetwork.project)
+    target, _ = networks.apply_train(
+        self.model, state.target_params, state.target_batch_stats,
+        stacked(self.large_views), method=SemPPLNetwork.project)
     target = jax.lax.stop_gradient(per_view(target, self.large_views))
     return jnp.concatenate(predictions, axis=0), target, batch_stats, num_labelled
 
@@ -253,8 +250,8 @@ class SemPPL(base.Method):
     labels = batch["labelled"]["label"].astype(jnp.int32)
 
     # Listing 1: enqueue the labelled target projections, then look up.
-    queue = losses.push_labelled_queue(state.method_state["queue"],
-                                       embeddings=target[:, :num_labelled], labels=labels)
+    queue = losses.push_embedding_queue(state.method_state["queue"],
+                                        embeddings=target[:, :num_labelled], labels=labels)
     metrics = {"queue_fill": jnp.mean(queue.num_filled) / queue.labels.shape[-1]}
     if "unlabelled" in batch:
       pseudo_labels, votes = losses.knn_pseudo_labels(

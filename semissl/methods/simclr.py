@@ -28,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from jax.sharding import PartitionSpec as P
 
 from semissl import losses
@@ -184,7 +183,7 @@ class SimCLR(base.Method):
     outputs, variables = self.network.init_with_output(init_rngs(init_rng), images, train=False)
     method_state = {}
     if self.queue_size:
-      method_state["queue"] = losses.init_labelled_queue(
+      method_state["queue"] = losses.init_embedding_queue(
           rng=queue_rng, capacity=self.queue_size, dim=self._embedding(outputs).shape[-1])
     return dict(variables), method_state
 
@@ -195,9 +194,8 @@ class SimCLR(base.Method):
     # One pass over both views: batch norm statistics span all 2N images.
     # Kept on their devices (networks.concat_examples); split back below.
     images = networks.concat_examples([first, second], mesh=self.mesh)
-    outputs, updates = self.network.apply(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
+    outputs, batch_stats = networks.apply_train(self.network, params, state.batch_stats,
+                                                images, rng=rng)
     z_first, z_second = networks.split_examples(self._embedding(outputs), (num, num),
                                                 mesh=self.mesh)
     queue = state.method_state.get("queue")
@@ -207,16 +205,15 @@ class SimCLR(base.Method):
     method_state = state.method_state
     if queue is not None:
       # The memory network is the EMA target; its embeddings enter the queue after the loss.
-      target_outputs, _ = self.network.apply(
-          state.target_variables, images, train=True, mutable=["batch_stats"],
-          rngs={"dropout": rng})
+      target_outputs, _ = networks.apply_train(
+          self.network, state.target_params, state.target_batch_stats, images, rng=rng)
       keys = losses.l2_normalize(jax.lax.stop_gradient(jnp.concatenate(networks.split_examples(
           self._embedding(target_outputs), (num, num), mesh=self.mesh))))
-      method_state = dict(method_state, queue=losses.push_labelled_queue(
-          queue, embeddings=keys, labels=jnp.full((2 * num,), losses.EMPTY_LABEL)))
+      method_state = dict(method_state,
+                          queue=losses.push_embedding_queue(queue, embeddings=keys))
       extras["queue_filled"] = queue.num_filled / self.queue_size
     metrics = dict(extras, nt_xent=nt_xent)
-    return 2.0 * nt_xent, base.StepAux(updates["batch_stats"], method_state, metrics)
+    return 2.0 * nt_xent, base.StepAux(batch_stats, method_state, metrics)
 
   def eval_features(self, variables, images):
     return self.network.apply(variables, images, train=False)["features"]
@@ -261,12 +258,10 @@ class SimCLRFinetune(base.Method):
                                    images, train=False)
       batch_stats = state.batch_stats
     else:
-      outputs, updates = self.network.apply(
-          {"params": params, "batch_stats": state.batch_stats}, images,
-          train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-      batch_stats = updates["batch_stats"]
+      outputs, batch_stats = networks.apply_train(self.network, params, state.batch_stats,
+                                                  images, rng=rng)
     logits = outputs["logits"]
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labelled["label"]))
+    loss = losses.softmax_cross_entropy(logits=logits, labels=labelled["label"])
     metrics = supervised.classification_metrics(logits, labelled["label"])
     return loss, base.StepAux(batch_stats, state.method_state, metrics)
 

@@ -155,12 +155,10 @@ class SimMatch(base.Method):
 
   def _apply(self, params, batch_stats, images, *, train, rng):
     """(logits, embeddings), updated batch stats (None when not in train mode)."""
-    variables = {"params": params, "batch_stats": batch_stats}
     if not train:
-      return self.model.apply(variables, images, train=False), None
-    outputs, updates = self.model.apply(variables, images, train=True,
-                                        mutable=["batch_stats"], rngs={"dropout": rng})
-    return outputs, updates["batch_stats"]
+      return self.model.apply({"params": params, "batch_stats": batch_stats}, images,
+                              train=False), None
+    return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
   def _forward(self, params, batch, *, state, rng):
     """Student and (no-gradient) teacher outputs of the step's images."""
@@ -203,7 +201,7 @@ class SimMatch(base.Method):
 
     p_weak = jax.nn.softmax(out["weak_logits"], axis=-1)
     if cfg.get("distribution_alignment", True):
-      p_weak, window = losses.simmatch_distribution_alignment(probs=p_weak, window=window)
+      p_weak, window = losses.push_and_align(probs=p_weak, window=window)
     q_weak = losses.instance_similarity(embeddings=out["weak_embeddings"],
                                         bank_embeddings=bank.embeddings,
                                         temperature=temperature)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from semissl import losses
 from semissl import models
 from semissl.methods import base, networks
 
@@ -45,16 +45,13 @@ class Supervised(base.Method):
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled = batch["labelled"]
-    logits, updates = self.model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        labelled["images"]["image"], train=True, mutable=["batch_stats"],
-        rngs={"dropout": rng})
-    targets = optax.smooth_labels(
-        jax.nn.one_hot(labelled["label"], self.info.num_classes),
-        self.config.method.get("label_smoothing", 0.0))
-    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    logits, batch_stats = networks.apply_train(
+        self.model, params, state.batch_stats, labelled["images"]["image"], rng=rng)
+    loss = losses.softmax_cross_entropy(
+        logits=logits, labels=labelled["label"],
+        label_smoothing=self.config.method.get("label_smoothing", 0.0))
     metrics = classification_metrics(logits, labelled["label"])
-    return loss, base.StepAux(updates["batch_stats"], state.method_state, metrics)
+    return loss, base.StepAux(batch_stats, state.method_state, metrics)
 
   def eval_logits(self, variables, images):
     return self.model.apply(variables, images, train=False)

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from semissl import losses
 from semissl.training import checkpointing, setup, sharding, workdirs
 from semissl.training.evaluators import extract_features, make_feature_fn
 from semissl.training.train_state import TrainState
@@ -42,7 +43,7 @@ class LinearProbe:
 
 def _probe_objective(params, x, y, l2_penalty):
   logits = x @ params["weights"] + params["bias"]
-  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  cross_entropy = losses.softmax_cross_entropy(logits=logits, labels=y)
   return cross_entropy + 0.5 * l2_penalty * jnp.sum(jnp.square(params["weights"]))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import semissl
-from configs import sempl_fmnist, simclrv2_fmnist
+from configs import semppl_fmnist, simclrv2_fmnist
 from experiments import predict
 from semissl import methods
 from semissl.training import TrainState, checkpointing, model_info, workdirs
@@ -17,7 +17,7 @@ from semissl.training import TrainState, checkpointing, model_info, workdirs
 MEAN, STD = (0.25,), (0.5,)
 CASES = {  # name -> (config module, variant)
     "simclr": (simclrv2_fmnist, "stage=pretrain,runlocal"),
-    "semppl": (sempl_fmnist, "runlocal,small=2"),  # 28 and 20 px views
+    "semppl": (semppl_fmnist, "runlocal,small=2"),  # 28 and 20 px views
     "simclr_finetune": (simclrv2_fmnist, "stage=finetune,runlocal"),
 }
 

@@ -97,9 +97,8 @@ def test_remixmatch_distribution_alignment():
   model_prior = np_softmax(rand(11, (4,)))
   want = probs * labelled_prior / model_prior
   want /= want.sum(-1, keepdims=True)
-  got = mixmatch.remixmatch_distribution_alignment(
-      probs=f32(probs), labelled_prior=f32(labelled_prior),
-      model_prior=f32(model_prior))
+  got = da.align_distribution(probs=f32(probs), model_prior=f32(model_prior),
+                              target_prior=f32(labelled_prior))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # With the ring window: empty -> unchanged even with a target prior.
   window = da.init_distribution_alignment_window(num_classes=4, window_size=4)
@@ -115,6 +114,14 @@ def test_remixmatch_distribution_alignment():
   got = da.align_with_window(probs=f32(probs), window=window,
                              target_prior=f32(labelled_prior))
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  # push_and_align (FixMatch's ReMixMatch DA): this batch enters the window first.
+  model_prior = np.mean([b.mean(0) for b in history + [probs]], axis=0)
+  want = probs * labelled_prior / model_prior
+  want /= want.sum(-1, keepdims=True)
+  got, pushed = da.push_and_align(probs=f32(probs), window=window,
+                                  target_prior=f32(labelled_prior))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert int(pushed.count) == 3
 
 
 def test_sharded_equals_unsharded(mesh8):
@@ -126,8 +133,7 @@ def test_sharded_equals_unsharded(mesh8):
                                            temperature=0.5)
     window = da.init_distribution_alignment_window(num_classes=5,
                                                    window_size=8)
-    aligned, window = da.simmatch_distribution_alignment(probs=guess,
-                                                         window=window)
+    aligned, window = da.push_and_align(probs=guess, window=window)
     loss, _ = mixmatch.mixmatch_loss(
         labelled_logits=student, labelled_targets=guess,
         unlabelled_logits=student, unlabelled_targets=aligned)

@@ -211,8 +211,7 @@ def test_distribution_alignment_window():
   aligned = da.align_with_window(probs=f32(probs[0]), window=window)
   np.testing.assert_allclose(aligned, probs[0], rtol=1e-6)
   for step, batch in enumerate(probs):
-    aligned, window = da.simmatch_distribution_alignment(probs=f32(batch),
-                                                         window=window)
+    aligned, window = da.push_and_align(probs=f32(batch), window=window)
     means = [p.mean(0) for p in probs[max(0, step - 2):step + 1]]
     p_avg = np.mean(means, axis=0)  # only the filled slots, last 3 batches
     want = batch / p_avg
@@ -221,7 +220,7 @@ def test_distribution_alignment_window():
   assert int(window.count) == 5
   # A never-predicted class does not divide by zero.
   one_hot = np.eye(3)[[0, 0, 1, 1]]
-  aligned, _ = da.simmatch_distribution_alignment(
+  aligned, _ = da.push_and_align(
       probs=f32(one_hot), window=da.init_distribution_alignment_window(
           num_classes=3, window_size=2))
   np.testing.assert_allclose(aligned, one_hot, atol=1e-6)

@@ -15,7 +15,7 @@ from semissl.methods import semppl
 from semissl.training import checkpointing, sharding
 from semissl.training.train_state import TrainState
 
-from configs import common, sempl_fmnist, sempl_r50
+from configs import common, semppl_fmnist, semppl_r50
 
 NUM_CLASSES = 3
 LABELLED, UNLABELLED = 8, 16
@@ -237,7 +237,7 @@ def test_encoder_paths_match_supervised_classifier(setup):
 
 
 def test_r50_config_has_the_paper_values():
-  config = sempl_r50.get_config()
+  config = semppl_r50.get_config()
   m = config.method
   batch = config.batch_size + config.mu * config.batch_size
   assert batch == 4096 and m.queue_capacity == 20 * 4096
@@ -257,7 +257,7 @@ def test_r50_config_has_the_paper_values():
   assert abs(opt.warmup_steps / steps_per_epoch - 10) < 0.01
   assert config.ema.decay == 0.996
   assert config.data.labelled_ids_file.endswith("1percent.txt")
-  assert sempl_r50.get_config("labels=10pct").data.labelled_ids_file.endswith("10percent.txt")
+  assert semppl_r50.get_config("labels=10pct").data.labelled_ids_file.endswith("10percent.txt")
   # Table 12: odd views 1, 3 (and small 1), even 2, 4 (and small 2).
   views = config.data.unlabelled_views
   for name in ("large1", "large3", "small1"):
@@ -273,18 +273,18 @@ def test_r50_config_has_the_paper_values():
       (0.14, 1.0), (0.08, 1.0), (0.05, 0.14)]
   assert {views[v].size for v in ("large1", "large2", "large3", "large4")} == {224}
   assert {views[v].size for v in ("small1", "small2")} == {96}
-  models = {a: sempl_r50.get_config(a).model for a in
+  models = {a: semppl_r50.get_config(a).model for a in
             ("model=r50x2", "model=r50x4", "model=r200x2", "sk=True")}
   assert (models["model=r50x4"].name, models["model=r50x4"].width_multiplier) == ("resnet50", 4)
   assert (models["model=r200x2"].name, models["model=r200x2"].width_multiplier) == (
       "resnet200", 2)
   assert models["sk=True"].sk == "semppl"
-  assert sempl_r50.get_config("ema=byol_cosine").ema.schedule == "byol_cosine"
+  assert semppl_r50.get_config("ema=byol_cosine").ema.schedule == "byol_cosine"
 
 
 def test_r50_finetune_and_linear_stages():
-  pretrain = sempl_r50.get_config("model=r50x2")
-  finetune = sempl_r50.get_config("model=r50x2,stage=finetune,init_from=/p")
+  pretrain = semppl_r50.get_config("model=r50x2")
+  finetune = semppl_r50.get_config("model=r50x2,stage=finetune,init_from=/p")
   assert finetune.init_from == "/p" and finetune.model.to_dict() == pretrain.model.to_dict()
   m = finetune.method  # App. A.1: classifier on the projector's first layer
   assert (m.name, m.head_type, m.head_layers, m.finetune_layer, m.head_hidden_dim) == (
@@ -299,7 +299,7 @@ def test_r50_finetune_and_linear_stages():
   assert finetune.data.labelled_ids_file.endswith("1percent.txt")
   assert not finetune.data.unlabelled_views and finetune.knn_monitor is None
 
-  linear = sempl_r50.get_config("stage=linear,init_from=/p")
+  linear = semppl_r50.get_config("stage=linear,init_from=/p")
   m = linear.method  # App. A.2: frozen encoder, classifier on its output, all labels
   assert (m.frozen_encoder, m.head_layers, m.finetune_layer) == (True, 0, 0)
   assert linear.data.labelled_ids_file is None and linear.data.label_fraction == 1.0
@@ -308,26 +308,26 @@ def test_r50_finetune_and_linear_stages():
       "sgd", True, 0.0, 0.05, "cosine")
   assert opt.lr_multipliers == ((r"^(?!classifier/)", 0.0),) and linear.num_epochs == 80.0
   with pytest.raises(ValueError, match="needs init_from"):
-    sempl_r50.get_config("stage=linear")
+    semppl_r50.get_config("stage=linear")
   with pytest.raises(ValueError, match="use one of pretrain, finetune, linear"):
-    sempl_r50.get_config("stage=distill,init_from=/p")
+    semppl_r50.get_config("stage=distill,init_from=/p")
 
 
 def test_configs_validate():
-  for config in (sempl_r50.get_config(), sempl_fmnist.get_config(),
-                 sempl_r50.get_config("runlocal,dataset=fashion_mnist")):
+  for config in (semppl_r50.get_config(), semppl_fmnist.get_config(),
+                 semppl_r50.get_config("runlocal,dataset=fashion_mnist")):
     semppl.SemPPL(config, _info()).validate()
   with pytest.raises(ValueError, match="init_from"):
-    sempl_fmnist.get_config("stage=finetune")
+    semppl_fmnist.get_config("stage=finetune")
   with pytest.raises(ValueError, match="drop protocol=semppl"):
-    sempl_fmnist.get_config("stage=scratch,protocol=semppl")
+    semppl_fmnist.get_config("stage=scratch,protocol=semppl")
 
 
 def test_crop_probability_defaults():
-  """SemPPL App. E crops every view (sempl_r50); Table 12's 50% is the Fashion-MNIST
+  """SemPPL App. E crops every view (semppl_r50); Table 12's 50% is the Fashion-MNIST
   default, chosen on validation (docs/results/diagnostics/semppl_crop1_40)."""
-  for get_config, arg, default, other in ((sempl_r50.get_config, "", 1.0, 0.5),
-                                          (sempl_fmnist.get_config, "small=2,", 0.5, 1.0)):
+  for get_config, arg, default, other in ((semppl_r50.get_config, "", 1.0, 0.5),
+                                          (semppl_fmnist.get_config, "small=2,", 0.5, 1.0)):
     views = get_config(arg.rstrip(",") or None).data.unlabelled_views
     assert {"small1", "small2"} <= set(views)
     assert {views[v].crop_prob for v in views} == {default}
@@ -339,13 +339,13 @@ def test_fmnist_scratch_is_the_label_only_baseline():
   # SemPPL -> fine-tune is compared against label-only: the scratch stage must be it.
   from configs import supervised_fmnist
   for labels in ("40", "1pct"):
-    assert (sempl_fmnist.get_config(f"labels={labels},stage=scratch").to_dict()
+    assert (semppl_fmnist.get_config(f"labels={labels},stage=scratch").to_dict()
             == supervised_fmnist.get_config(f"labels={labels}").to_dict())
 
 
 def test_fmnist_semppl_finetune_protocol_loads_the_pretraining_head():
-  pretrain = sempl_fmnist.get_config()
-  config = sempl_fmnist.get_config("stage=finetune,init_from=/p,protocol=semppl,"
+  pretrain = semppl_fmnist.get_config()
+  config = semppl_fmnist.get_config("stage=finetune,init_from=/p,protocol=semppl,"
                                    "encoder_lr=0.02,classifier_lr=0.5")
   assert config.init_from == "/p"
   assert (config.method.name, config.method.head_type) == ("simclr_finetune", "semppl")
@@ -354,34 +354,34 @@ def test_fmnist_semppl_finetune_protocol_loads_the_pretraining_head():
   assert config.optimizer.base_lr == 0.02
   assert config.optimizer.lr_multipliers == ((r"^classifier/", 25.0),)
   assert (config.mu, config.knn_monitor, config.num_epochs) == (0, None, 30.0)
-  assert sempl_fmnist.get_config("labels=40,stage=finetune,init_from=/p,"
+  assert semppl_fmnist.get_config("labels=40,stage=finetune,init_from=/p,"
                                  "protocol=semppl").num_epochs == 60.0
 
 
 def test_fmnist_default_finetune_follows_the_label_regime():
   # Chosen on validation (docs/results/sweeps/semppl_finetune_*): App. A.1 with few
   # labels, the label-only recipe with 1%.
-  few = sempl_fmnist.get_config("labels=40,stage=finetune,init_from=/p")
+  few = semppl_fmnist.get_config("labels=40,stage=finetune,init_from=/p")
   assert (few.method.name, few.optimizer.base_lr) == ("simclr_finetune", 0.001)
   assert few.optimizer.lr_multipliers == ((r"^classifier/", 40.0),)
-  pct = sempl_fmnist.get_config("labels=1pct,stage=finetune,init_from=/p")
+  pct = semppl_fmnist.get_config("labels=1pct,stage=finetune,init_from=/p")
   assert pct.method.name == "supervised"
   assert pct.optimizer.base_lr == common.SUPERVISED_BASE_LR
   with pytest.raises(ValueError, match="use auto, supervised or semppl"):
-    sempl_fmnist.get_config("stage=finetune,init_from=/p,protocol=linear")
+    semppl_fmnist.get_config("stage=finetune,init_from=/p,protocol=linear")
 
 
 def test_end_to_end_pretrain_then_finetune(tmp_path):
   from semissl.training import train_and_evaluate
   pretrain_dir, finetune_dir = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
-  results = train_and_evaluate(sempl_fmnist.get_config("runlocal"), pretrain_dir)
+  results = train_and_evaluate(semppl_fmnist.get_config("runlocal"), pretrain_dir)
   saved = json.load(open(os.path.join(pretrain_dir, "results.json")))["metrics"]
   for key in ("eval_knn_top1", "eval_ema_knn_top1", "train_loss", "train_pl_accuracy",
               "train_pl_precision_at_50", "train_pl_recall_at_50", "train_queue_fill"):
     assert np.isfinite(saved[key]), key
   assert 0.0 <= results["eval_knn_top1"] <= 1.0 and saved["step"] == 6
 
-  config = sempl_fmnist.get_config(f"runlocal,stage=finetune,init_from={pretrain_dir}")
+  config = semppl_fmnist.get_config(f"runlocal,stage=finetune,init_from={pretrain_dir}")
   finetuned = train_and_evaluate(config, finetune_dir)
   assert np.isfinite(finetuned["eval_top1"])
   # The fine-tune stage started from the SemPPL encoder: every backbone variable matched.
@@ -395,7 +395,7 @@ def test_end_to_end_pretrain_then_finetune(tmp_path):
 
   # The linear protocol on the same pretraining: the encoder stays exactly as loaded.
   linear_dir = str(tmp_path / "linear")
-  config = sempl_fmnist.get_config(f"runlocal,stage=linear,init_from={pretrain_dir}")
+  config = semppl_fmnist.get_config(f"runlocal,stage=linear,init_from={pretrain_dir}")
   assert np.isfinite(train_and_evaluate(config, linear_dir)["eval_top1"])
   linear = methods.get_method("simclr_finetune")(config, methods.DatasetInfo(
       num_classes=10, image_shape=(28, 28, 1), num_labelled=600, num_unlabelled=0))

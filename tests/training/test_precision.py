@@ -24,7 +24,7 @@ from semissl.training import sharding
 from tests.methods import test_sharded_step as sharded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAPER_CONFIGS = {"sempl_r50", "simclrv2_r50", "simmatch_r50", "semivit_vitb", "supervised_r50"}
+PAPER_CONFIGS = {"semppl_r50", "simclrv2_r50", "simmatch_r50", "semivit_vitb", "supervised_r50"}
 
 
 def _config_names():

@@ -1,19 +1,19 @@
 """SemPPL on Fashion-MNIST, CPU-sized, plus the fine-tune stage that reports top-1.
 
   # 1. SemPPL pretraining (k-NN monitor top-1 on the test split at the end)
-  python experiments/main.py --config=configs/sempl_fmnist.py --workdir=/tmp/sempl
+  python experiments/main.py --config=configs/semppl_fmnist.py --workdir=/tmp/semppl
   # 2. fine-tune the encoder on the labelled subset (supervised method,
   #    `init_from` copies every backbone/... variable of the SemPPL run)
   python experiments/main.py \
-      --config=configs/sempl_fmnist.py:stage=finetune,init_from=/tmp/sempl \
-      --workdir=/tmp/sempl_ft
+      --config=configs/semppl_fmnist.py:stage=finetune,init_from=/tmp/semppl \
+      --workdir=/tmp/semppl_ft
   # 3. the same fine-tune recipe from random init (the baseline to beat)
-  python experiments/main.py --config=configs/sempl_fmnist.py:stage=scratch \
-      --workdir=/tmp/sempl_scratch
+  python experiments/main.py --config=configs/semppl_fmnist.py:stage=scratch \
+      --workdir=/tmp/semppl_scratch
   # or: the linear evaluation protocol (App. A.2 / A.3) on the frozen encoder
   python experiments/main.py \
-      --config=configs/sempl_fmnist.py:stage=linear,init_from=/tmp/sempl \
-      --workdir=/tmp/sempl_linear
+      --config=configs/semppl_fmnist.py:stage=linear,init_from=/tmp/semppl \
+      --workdir=/tmp/semppl_linear
 
 Variants (comma-separated key=value after ':'):
   labels=1pct (default) | 10pct | all | 40 | perclassN   (common.set_labels)
@@ -26,7 +26,7 @@ Variants (comma-separated key=value after ':'):
   large=4 (large views, as the paper) ; small=0 (small views; paper: 2)
   crop_prob=0.5 (default: Table 12's figure, half of the views random-cropped; chosen
         on the validation split at 40 labels, docs/results/diagnostics/semppl_crop1_40)
-        | 1.0 (every view random-cropped, SemPPL App. E, as sempl_r50)
+        | 1.0 (every view random-cropped, SemPPL App. E, as semppl_r50)
   protocol=auto (default: semppl with 40 / perclassN labels, supervised otherwise;
                  chosen on the validation split, docs/results/sweeps/semppl_finetune_*)
          | supervised (finetune: the label-only recipe on the encoder)
@@ -35,14 +35,14 @@ Variants (comma-separated key=value after ':'):
            paper's ranges on validation at 40 labels), 30 epochs; 60 at 40 labels)
   runlocal  (a few steps, for tests)
 
-What differs from configs/sempl_r50.py and why (CPU budget, 28x28 gray images):
+What differs from configs/semppl_r50.py and why (CPU budget, 28x28 gray images):
 the label-only baseline's tiny_resnet (common.set_tiny_resnet), 28 px large views
 (20 px small views with small=N) with Table 12's photometric parameters and crop
 areas scaled up for 28 px images; the paper's 4 large views (16 k-NN votes) but no
 small views; projector/predictor 512 -> 128; batch 16 labelled + 32 unlabelled (4
 views each: as many encoder passes as 16 + 80 with 2 views); queue 1024 slots per
 view; EMA 0.99; LARS lr 6.0 (no batch scaling), 2500 steps. Half of the views are
-random-cropped (Table 12's 50%), where sempl_r50 crops every view (App. E): on
+random-cropped (Table 12's 50%), where semppl_r50 crops every view (App. E): on
 28-pixel images cropping every view scored lower on validation at 40 labels (k-NN 71.2
 against 72.4, fine-tune 70.5 against 71.0, seed 0).
 

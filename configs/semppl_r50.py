@@ -2,16 +2,16 @@
 then the paper's fine-tuning (its headline number) or linear evaluation.
 
   # 1. pretraining (300 epochs; eval: the k-NN monitor on encoder features)
-  python experiments/main.py --config=configs/sempl_r50.py:labels=1pct \
-      --workdir=gs://bucket/sempl_r50_1pct
+  python experiments/main.py --config=configs/semppl_r50.py:labels=1pct \
+      --workdir=gs://bucket/semppl_r50_1pct
   # 2. App. A.1 fine-tuning on the same 1% subset (Table 1's top-1)
   python experiments/main.py \
-      --config=configs/sempl_r50.py:labels=1pct,stage=finetune,init_from=gs://bucket/sempl_r50_1pct \
-      --workdir=gs://bucket/sempl_r50_1pct_finetune
+      --config=configs/semppl_r50.py:labels=1pct,stage=finetune,init_from=gs://bucket/semppl_r50_1pct \
+      --workdir=gs://bucket/semppl_r50_1pct_finetune
   # 2'. or the linear evaluation protocol (App. A.2 / A.3) on all labelled images
   python experiments/main.py \
-      --config=configs/sempl_r50.py:stage=linear,init_from=gs://bucket/sempl_r50_1pct \
-      --workdir=gs://bucket/sempl_r50_1pct_linear
+      --config=configs/semppl_r50.py:stage=linear,init_from=gs://bucket/semppl_r50_1pct \
+      --workdir=gs://bucket/semppl_r50_1pct_linear
 Variants (comma-separated key=value after ':'):
   stage=pretrain (default) | finetune | linear   (finetune / linear need init_from=<the
         pretraining workdir>; they use the pretraining's model variants)
