@@ -88,6 +88,7 @@ from semissl import data as data_lib
 
 LARGE_AREA = {"even": (0.2, 1.0), "odd": (0.3, 1.0)}
 SMALL_AREA = (0.1, 0.4)
+PROJECTOR_HIDDEN_DIM = 512  # the projector's first layer, where App. A.1 fine-tunes from
 LARGE_SIZE, SMALL_SIZE = 28, 20
 
 
@@ -137,7 +138,7 @@ def _pretrain(config, args):
   m.alpha = 0.2
   m.contrastive_scale = 0.3
   m.invariance_scale = 0.0  # Eq. 4 without App. B (docstring: lambda = 5 collapses)
-  m.projector_hidden_dim = 512
+  m.projector_hidden_dim = PROJECTOR_HIDDEN_DIM
   m.projection_dim = 128
   m.predictor_hidden_dim = 512
   m.use_pseudo_labels = True

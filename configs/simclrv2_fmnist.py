@@ -13,6 +13,8 @@ Variants (comma-separated key=value after ':'):
   labels=1pct (default) | 10pct | all | 40 | perclass4   (the common Fashion-MNIST split)
   dataset=fashion_mnist (default) | folder:/path/to/root | any TFDS name
   queue=0 (default; SimCLRv2 App. G: no memory on small data) | N (MoCo queue entries)
+  teacher=simclrv2 (default) | semppl   (distill: the fine-tuned teacher's head; semppl:
+         a configs/semppl_fmnist.py stage=finetune run, classifier on projector layer 1)
   protocol=auto (default: semppl with 40 / perclassN labels, simclr otherwise) | simclr
          | semppl (finetune: SemPPL App. A.1 fine-tuning, encoder_lr / classifier_lr
            base rates x B/256, default 0.001 / 0.04)
@@ -27,6 +29,7 @@ import ml_collections
 
 from configs import common
 from configs import protocols
+from configs import semppl_fmnist
 from semissl import training
 
 STAGES = ("pretrain", "finetune", "distill")
@@ -47,7 +50,7 @@ def simclr_view(**overrides):
 def get_config(arg=None):
   args = common.parse_arg(arg, stage="pretrain", labels="1pct", dataset="fashion_mnist",
                           queue=0, protocol="auto", runlocal=False, encoder_lr=0.001,
-                          classifier_lr=0.04)
+                          classifier_lr=0.04, teacher="simclrv2")
   if args.stage not in STAGES:
     raise ValueError(f"stage={args.stage!r}; use one of {', '.join(STAGES)}.")
   config = common.base_config()
@@ -95,13 +98,21 @@ def get_config(arg=None):
     elif protocol != "simclr":
       raise ValueError(f"protocol={args.protocol!r}; use auto, simclr or semppl.")
   else:  # distill: self-distillation into the same encoder, without projection head
+    if args.teacher == "simclrv2":
+      teacher_head = dict(teacher_head_type="simclr", teacher_head_layers=head["head_layers"],
+                          teacher_head_hidden_dim=0, teacher_head_out_dim=head["head_out_dim"],
+                          teacher_finetune_layer=0 if args.labels == "all" else 1)
+    elif args.teacher == "semppl":  # SemPPL App. A.1's fine-tune: projector layer 1
+      teacher_head = dict(teacher_head_type="semppl", teacher_head_layers=1,
+                          teacher_head_hidden_dim=semppl_fmnist.PROJECTOR_HIDDEN_DIM,
+                          teacher_head_out_dim=128, teacher_finetune_layer=1)
+    else:
+      raise ValueError(f"teacher={args.teacher!r}; use simclrv2 or semppl.")
     config.method = ml_collections.ConfigDict(dict(
         name="simclr_distill", teacher_workdir="", temperature=0.1, alpha=1.0,
         head_layers=0, finetune_layer=0,
         teacher_model=ml_collections.ConfigDict({"name": ""}),  # "": config.model
-        teacher_head_layers=head["head_layers"], teacher_head_hidden_dim=0,
-        teacher_head_out_dim=head["head_out_dim"],
-        teacher_finetune_layer=0 if args.labels == "all" else 1))
+        **teacher_head))
     config.data.unlabelled_views = {"image": {"name": "crop_flip"}}
     config.batch_size = 256
     config.mu = 1

@@ -83,6 +83,15 @@ ENTRIES = (
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=pretrain", 0.75),
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=finetune", 0.25, True)),
           flagship=True),
+    # SimCLRv2's third step (distillation with unlabelled data, Sec. 2) on SemPPL's
+    # fine-tuned classifier: a student with the same encoder, trained from scratch on the
+    # teacher's predictions for unlabelled images (Eq. 2, temperature 0.1).
+    Entry("semppl -> fine-tune -> distill", (
+        Stage("configs/semppl_fmnist.py:labels={labels},crop_prob=0.5", 0.6),
+        Stage("configs/semppl_fmnist.py:labels={labels},stage=finetune,init_from={prev}",
+              0.1),
+        Stage("configs/simclrv2_fmnist.py:labels={labels},stage=distill,teacher=semppl", 0.3,
+              extra=("--config.method.teacher_workdir={prev}",))), flagship=True),
     _single("emateacher + pseudo mixup", "emateacher_fmnist"),
     _single("remixmatch_da (fixmatch + DA)", "remixmatch_fmnist"),
     _single("mixmatch", "mixmatch_fmnist"),
