@@ -293,6 +293,32 @@ def test_distill_teacher_from_checkpoint_and_eq2_eq3(tmp_path):
           load_variables=checkpointing.load_variables_from)
 
 
+def test_fmnist_distill_teacher_semppl_is_the_semppl_finetune_network():
+  # `teacher=semppl` distils a configs/semppl_fmnist.py fine-tune run: the teacher network
+  # the distill config builds must have exactly that run's variables (require_all loading).
+  from configs import semppl_fmnist
+  info = base.DatasetInfo(num_classes=10, image_shape=(28, 28, 1), num_labelled=40,
+                          num_unlabelled=100)
+  images = jnp.zeros((2, 28, 28, 1))
+  finetune_config = semppl_fmnist.get_config("labels=40,stage=finetune,init_from=/p")
+  finetune = simclr.SimCLRFinetune(finetune_config, info)
+  saved = jax.eval_shape(lambda: finetune.network.init(jax.random.PRNGKey(0), images,
+                                                      train=False))
+  for teacher, expected in (("semppl", saved), ("simclrv2", None)):
+    config = simclrv2_fmnist.get_config(f"labels=40,stage=distill,teacher={teacher}")
+    assert config.model.to_dict() == finetune_config.model.to_dict()
+    method = distill.SimCLRDistill(config, info)
+    built = jax.eval_shape(lambda m=method: m.teacher.init(jax.random.PRNGKey(0), images,
+                                                           train=False))
+    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), dict(tree))
+    if expected is not None:
+      assert shapes(built) == shapes(expected)
+    else:  # SimCLRv2's 3-layer head is another network
+      assert shapes(built) != shapes(saved)
+  with pytest.raises(ValueError, match="use simclrv2 or semppl"):
+    simclrv2_fmnist.get_config("stage=distill,teacher=byol")
+
+
 def test_fmnist_finetune_protocol_follows_the_label_regime():
   # Chosen on validation at 40 labels (docs/results/diagnostics/simclrv2_40_finetune):
   # SemPPL's App. A.1 at encoder rate 0.001 with few labels, SimCLRv2's own otherwise.
