@@ -107,6 +107,7 @@ def get_config(arg=None):
 
   config.model.name = "vit_b"
   config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
+  config.model.remat = False  # True: nn.remat per block (memory for FLOPs; docs/PERFORMANCE.md)
   config.model.patch_size = PATCH
   config.model.posemb = "learn"
   config.model.pool = "gap"

@@ -152,6 +152,7 @@ def get_config(arg=None):
   depth, width = MODELS[args.model]
   config.model.name = f"resnet{depth}"
   config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
+  config.model.remat = False  # True: nn.remat per block (memory for FLOPs; docs/PERFORMANCE.md)
   config.model.width_multiplier = width
   config.model.sk = "semppl" if args.sk else None
 

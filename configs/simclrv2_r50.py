@@ -41,7 +41,8 @@ def parse_model(spec: str) -> tuple[ml_collections.ConfigDict, bool]:
   depth, width, sk = int(match[1]), int(match[2]), bool(match[3])
   model = ml_collections.ConfigDict({"name": f"resnet{depth}", "width_multiplier": width,
                                      "sk": "simclrv2" if sk else None,
-                                     "dtype": "bfloat16"})
+                                     "dtype": "bfloat16",
+                                     "remat": False})  # True: nn.remat per block
   return model, width > 1 or sk
 
 

@@ -84,6 +84,7 @@ def get_config(arg=None):
 
   config.model.name = "resnet50"
   config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
+  config.model.remat = False  # True: nn.remat per block (memory for FLOPs; docs/PERFORMANCE.md)
   config.batch_size = 64
   config.mu = 5
   config.eval_batch_size = 1024

@@ -35,6 +35,7 @@ def get_config(arg=None):
 
   config.model.name = f"resnet{args.depth}"
   config.model.dtype = "bfloat16"  # activations; parameters and losses stay float32
+  config.model.remat = False  # True: nn.remat per block (memory for FLOPs; docs/PERFORMANCE.md)
   config.model.width_multiplier = args.width
   config.batch_size = 1024
   config.eval_batch_size = 1024

@@ -110,7 +110,8 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    # `train` is positional so that `nn.remat` can mark it static (ViT.remat).
     # Dropout broadcast over tokens and channels drops whole examples.
     drop_path = nn.Dropout(
         self.drop_path_rate, broadcast_dims=(1, 2), deterministic=not train
@@ -144,6 +145,8 @@ class ViT(nn.Module):
       rate * i / (depth - 1). Needs the 'dropout' rng when train=True and
       rate > 0.
     dtype: computation dtype; parameters stay float32.
+    remat: rematerialise each encoder block in the backward pass (`nn.remat`):
+      only the blocks' inputs are kept for the gradient.
   """
 
   width: int = 768
@@ -155,6 +158,7 @@ class ViT(nn.Module):
   pool: str = "tok"
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -201,15 +205,16 @@ class ViT(nn.Module):
       )
 
     mlp_dim = self.mlp_dim or 4 * self.width
+    block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
     for index in range(self.depth):
       rate = self.drop_path_rate * index / max(self.depth - 1, 1)
-      x = EncoderBlock(
+      x = block(
           self.num_heads,
           mlp_dim,
           drop_path_rate=rate,
           dtype=self.dtype,
           name=f"encoderblock_{index}",
-      )(x, train=train)
+      )(x, train)
     x = precision.norm_layer(nn.LayerNorm, self.dtype)(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
     x = x.astype(jnp.float32)
     return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)
