@@ -41,7 +41,8 @@ def _scalar_loss(theta_t, theta_s, eta):
 
 def test_two_parameter_example_by_hand():
   """p_i = sigmoid(theta_T u_i), q_i = sigmoid(theta_S u_i):
-  L_u = mean_i -[p_i log q_i + (1 - p_i) log(1 - q_i)], dL_u/dtheta_S = mean_i (q_i - p_i) u_i,
+  L_u = mean_i -[p_i log q_i + (1 - p_i) log(1 - q_i)],
+  dL_u/dtheta_S = mean_i (q_i - p_i) u_i,
   theta_S' = theta_S - eta dL_u/dtheta_S, r_j = sigmoid(theta_S' x_j), t_j = [y_j == 0]:
   L = mean_j -[t_j log r_j + (1 - t_j) log(1 - r_j)],
   dL/dtheta_T = dL/dtheta_S' dtheta_S'/dtheta_T = mean_j (r_j - t_j) x_j
