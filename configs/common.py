@@ -156,7 +156,8 @@ def set_fmnist_sgd_training(config: ml_collections.ConfigDict, *, base_lr: float
 def make_runlocal(config: ml_collections.ConfigDict) -> None:
   """A few steps on small batches: smoke tests and CI (on CPU, so float32: CPU XLA
   upcasts bfloat16 convolutions anyway, and README's known issue on jaxlib 0.12)."""
-  for model in (config.model, config.method.get("teacher_model")):
+  for model in (config.model, config.method.get("teacher_model"),
+                config.method.get("student_model")):
     if model is not None and "dtype" in model:
       model.dtype = "float32"
   config.batch_size = 16

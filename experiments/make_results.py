@@ -100,6 +100,7 @@ ENTRIES = (
     _single("pi_model", "pimodel_fmnist"),
     _single("mean_teacher", "meanteacher_fmnist"),
     _single("pseudo_label", "pseudolabel_fmnist"),
+    _single("meta_pseudo_labels", "meta_pseudo_labels_fmnist"),
 )
 
 

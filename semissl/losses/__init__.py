@@ -57,6 +57,8 @@ from semissl.losses.ema import mean_teacher_ema_decay
 from semissl.losses.fixmatch import fixmatch_loss
 from semissl.losses.fixmatch import pseudo_label_loss
 from semissl.losses.fixmatch import thresholded_cross_entropy
+from semissl.losses.meta_pseudo_labels import loss_with_gradient
+from semissl.losses.meta_pseudo_labels import meta_pseudo_labels_teacher_loss
 from semissl.losses.mixing import cutmix
 from semissl.losses.mixing import mixup
 from semissl.losses.mixing import mixup_or_cutmix

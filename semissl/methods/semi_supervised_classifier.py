@@ -120,11 +120,12 @@ class SemiSupervisedClassifier(base.Method):
     return self.model.apply(variables, images, train=False, method=backbone)
 
 
-def target_telemetry(*, targets, true_labels, mask=None) -> dict:
+def target_telemetry(*, targets, true_labels, mask=None, prefix="pl_") -> dict:
   """`pseudo_label_telemetry` of argmax(targets) (logits or probabilities) against
-  the hidden true labels; nothing when the batch has none (`true_labels` None)."""
+  the hidden true labels, keys `prefix`*; nothing when the batch has none
+  (`true_labels` None)."""
   if true_labels is None:
     return {}
   return networks.pseudo_label_telemetry(
       pseudo_labels=jnp.argmax(targets, axis=-1), true_labels=true_labels,
-      mask=mask)
+      mask=mask, prefix=prefix)

@@ -48,21 +48,31 @@ class UDA(ssc.SemiSupervisedClassifier):
                               unlabelled["images"]["strong"]]), rng=rng)
     labelled_logits, weak_logits, strong_logits = self.split_examples(
         logits, [num_labelled, num_unlabelled, num_unlabelled])
-    unsupervised, extras = losses.uda_loss(
-        teacher_logits=weak_logits, student_logits=strong_logits,
-        threshold=self.option("threshold"), temperature=self.option("temperature"))
-    metrics = ssc.target_telemetry(targets=weak_logits,
-                                   true_labels=unlabelled.get("true_label"),
-                                   mask=extras["mask"])
-    supervised_loss = None
-    if self.option("tsa") != "none":
-      threshold = losses.tsa_threshold(step=state.step, total_steps=self.info.total_steps,
-                                       num_classes=self.info.num_classes,
-                                       schedule=self.option("tsa"))
-      supervised_loss, tsa = losses.tsa_cross_entropy(
-          logits=labelled_logits, labels=labelled["label"], threshold=threshold)
-      metrics.update(tsa_threshold=threshold, tsa_kept_rate=tsa["kept_rate"])
+    supervised_loss, unsupervised, metrics = self.uda_terms(
+        labelled_logits=labelled_logits, weak_logits=weak_logits,
+        strong_logits=strong_logits, labels=labelled["label"],
+        true_labels=unlabelled.get("true_label"), step=state.step)
     return self.combine(state=state, batch_stats=batch_stats,
                         labelled_logits=labelled_logits, labels=labelled["label"],
                         unsupervised_loss=unsupervised, metrics=metrics,
                         supervised_loss=supervised_loss)
+
+  def uda_terms(self, *, labelled_logits, weak_logits, strong_logits, labels,
+                true_labels, step):
+    """(L_s or None for the plain cross-entropy, L_u, metrics) of one network's
+    labelled, weak and strong logits: the TSA-annealed L_s when `method.tsa` is set,
+    the masked KL L_u and its telemetry (also Meta Pseudo Labels' teacher)."""
+    unsupervised, extras = losses.uda_loss(
+        teacher_logits=weak_logits, student_logits=strong_logits,
+        threshold=self.option("threshold"), temperature=self.option("temperature"))
+    metrics = ssc.target_telemetry(targets=weak_logits, true_labels=true_labels,
+                                   mask=extras["mask"])
+    supervised_loss = None
+    if self.option("tsa") != "none":
+      threshold = losses.tsa_threshold(step=step, total_steps=self.info.total_steps,
+                                       num_classes=self.info.num_classes,
+                                       schedule=self.option("tsa"))
+      supervised_loss, tsa = losses.tsa_cross_entropy(
+          logits=labelled_logits, labels=labels, threshold=threshold)
+      metrics.update(tsa_threshold=threshold, tsa_kept_rate=tsa["kept_rate"])
+    return supervised_loss, unsupervised, metrics

@@ -88,6 +88,9 @@ CASES = {
     # dominated by rounding and differs between any two compilations of the same
     # step (per-example cosine 0.33 between the 1- and 8-device directions here);
     # at xi = 0.1 it is well conditioned (cosine 0.9999999).
+    # Two networks; the teacher's gradient runs through the student's one-step update.
+    "meta_pseudo_labels": ("meta_pseudo_labels", (("image",), ("weak", "strong")),
+                           {**CLASSIC, "threshold": 0.0, "inner_lr": 0.1}),
     "vat": ("vat", (("image",), ("image",)),
             {**CLASSIC, "entropy_weight": 0.5, "power_iteration": "hessian"}),
     "vat_finite_difference": ("vat", (("image",), ("image",)), {**CLASSIC, "xi": 0.1}),
