@@ -46,25 +46,6 @@ from semissl import losses
 from semissl import models
 from semissl.methods import base, networks
 
-DEFAULTS = {
-    "large_views": ("large1", "large2", "large3", "large4"),
-    "small_views": ("small1", "small2"),
-    "queue_capacity": 20 * 4096,
-    "num_neighbours": 1,
-    "view_voting": True,
-    "temperature": 0.2,
-    "num_negatives": 10,
-    "num_semantic_positives": 3,
-    "alpha": 0.2,
-    "contrastive_scale": 0.3,
-    "invariance_scale": 5.0,
-    "projector_hidden_dim": 4096,
-    "projection_dim": 256,
-    "predictor_hidden_dim": 4096,
-    "use_pseudo_labels": True,  # False: Table 4b "- Pseudo-labels"
-    "vote_thresholds": (0.25, 0.5, 0.75, 1.0),
-}
-
 
 class SemPPLNetwork(nn.Module):
   """Encoder f, projector g and predictor h (SemPPL §2.1 "Architecture").
@@ -130,26 +111,39 @@ class SemPPL(base.Method):
 
   name = "semppl"
   has_classifier = False
+  defaults = {
+      "large_views": ("large1", "large2", "large3", "large4"),
+      "small_views": ("small1", "small2"),
+      "queue_capacity": 20 * 4096,
+      "num_neighbours": 1,
+      "view_voting": True,
+      "temperature": 0.2,
+      "num_negatives": 10,
+      "num_semantic_positives": 3,
+      "alpha": 0.2,
+      "contrastive_scale": 0.3,
+      "invariance_scale": 5.0,
+      "projector_hidden_dim": 4096,
+      "projection_dim": 256,
+      "predictor_hidden_dim": 4096,
+      "use_pseudo_labels": True,  # False: Table 4b "- Pseudo-labels"
+      "vote_thresholds": (0.25, 0.5, 0.75, 1.0),
+  }
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
-    self.options = {key: config.method.get(key, default) for key, default in DEFAULTS.items()}
-    self.large_views = tuple(self.options["large_views"])
-    self.small_views = tuple(self.options["small_views"])
+    self.large_views = tuple(self.option("large_views"))
+    self.small_views = tuple(self.option("small_views"))
     self.model = SemPPLNetwork(
         backbone=networks.build_backbone(config.model),
-        projector_hidden_dim=self.options["projector_hidden_dim"],
-        projection_dim=self.options["projection_dim"],
-        predictor_hidden_dim=self.options["predictor_hidden_dim"])
+        projector_hidden_dim=self.option("projector_hidden_dim"),
+        projection_dim=self.option("projection_dim"),
+        predictor_hidden_dim=self.option("predictor_hidden_dim"))
 
   # --- configuration checks -------------------------------------------------
 
   def validate(self):
-    o = self.options
-    unknown = sorted(set(self.config.method) - set(DEFAULTS) - {"name"})
-    if unknown:
-      raise ValueError(f"Unknown config.method keys {unknown} for semppl; known: "
-                       f"{sorted(DEFAULTS)}.")
+    o = self.option
     data = self.config.data
     labelled_batch = int(self.config.batch_size)
     unlabelled_batch = int(self.config.get("mu", 0) * labelled_batch)
@@ -170,25 +164,25 @@ class SemPPL(base.Method):
         if len(sizes) > 1:
           raise ValueError(f"SemPPL views {list(group)} in config.data.{key} have sizes "
                            f"{sorted(sizes)}; views of one group must share a size.")
-    capacity = int(o["queue_capacity"])
+    capacity = int(o("queue_capacity"))
     if capacity < labelled_batch:
       raise ValueError(f"method.queue_capacity={capacity} is smaller than the labelled batch "
                        f"{labelled_batch} pushed per step; use at least {labelled_batch} "
                        "(SemPPL: 20 x batch).")
-    if not 1 <= int(o["num_neighbours"]) <= capacity:
-      raise ValueError(f"method.num_neighbours={o['num_neighbours']} must be in [1, "
+    if not 1 <= int(o("num_neighbours")) <= capacity:
+      raise ValueError(f"method.num_neighbours={o('num_neighbours')} must be in [1, "
                        f"queue_capacity={capacity}].")
-    if not 0 <= int(o["num_semantic_positives"]) <= capacity:
-      raise ValueError(f"method.num_semantic_positives={o['num_semantic_positives']} must be "
+    if not 0 <= int(o("num_semantic_positives")) <= capacity:
+      raise ValueError(f"method.num_semantic_positives={o('num_semantic_positives')} must be "
                        f"in [0, queue_capacity={capacity}] (draws per anchor and large view).")
     batch = labelled_batch + unlabelled_batch
-    if not 0 <= int(o["num_negatives"]) <= batch - 1:
-      raise ValueError(f"method.num_negatives={o['num_negatives']} must be in [0, {batch - 1}]"
+    if not 0 <= int(o("num_negatives")) <= batch - 1:
+      raise ValueError(f"method.num_negatives={o('num_negatives')} must be in [0, {batch - 1}]"
                        f": negatives are other examples of the batch of {batch}.")
-    if float(o["temperature"]) <= 0:
-      raise ValueError(f"method.temperature={o['temperature']} must be positive.")
-    if any(not 0 < float(t) <= 1 for t in o["vote_thresholds"]):
-      raise ValueError(f"method.vote_thresholds={o['vote_thresholds']} must be fractions in "
+    if float(o("temperature")) <= 0:
+      raise ValueError(f"method.temperature={o('temperature')} must be positive.")
+    if any(not 0 < float(t) <= 1 for t in o("vote_thresholds")):
+      raise ValueError(f"method.vote_thresholds={o('vote_thresholds')} must be fractions in "
                        "(0, 1].")
 
   def state_sharding_rules(self):
@@ -202,8 +196,8 @@ class SemPPL(base.Method):
     images = example_batch["labelled"]["images"][self.large_views[0]]
     variables = self.model.init(model_rng, images, train=False)
     queue = losses.init_embedding_queue(
-        rng=queue_rng, capacity=int(self.options["queue_capacity"]),
-        dim=int(self.options["projection_dim"]), num_views=len(self.large_views))
+        rng=queue_rng, capacity=int(self.option("queue_capacity")),
+        dim=int(self.option("projection_dim")), num_views=len(self.large_views))
     return dict(variables), {"queue": queue}
 
   def forward(self, params, batch, *, state):
@@ -244,7 +238,7 @@ class SemPPL(base.Method):
     return jnp.concatenate(predictions, axis=0), target, batch_stats, num_labelled
 
   def loss_fn(self, params, batch, *, state, rng):
-    o = self.options
+    o = self.option
     online, target, batch_stats, num_labelled = self.forward(params, batch, state=state)
     num_large, num_all = len(self.large_views), online.shape[0]
     labels = batch["labelled"]["label"].astype(jnp.int32)
@@ -257,20 +251,20 @@ class SemPPL(base.Method):
       pseudo_labels, votes = losses.knn_pseudo_labels(
           queries=online[:num_large, num_labelled:], queue_embeddings=queue.embeddings,
           queue_labels=queue.labels, num_classes=self.info.num_classes,
-          k=int(o["num_neighbours"]), view_voting=bool(o["view_voting"]))
+          k=int(o("num_neighbours")), view_voting=bool(o("view_voting")))
       true_labels = batch["unlabelled"].get("true_label")  # absent: no hidden labels
       if true_labels is not None:
         metrics.update(networks.pseudo_label_telemetry(
             pseudo_labels=pseudo_labels, true_labels=true_labels, mask=pseudo_labels >= 0))
         metrics.update(vote_telemetry(votes=votes, pseudo_labels=pseudo_labels,
                                       true_labels=true_labels,
-                                      thresholds=o["vote_thresholds"]))
-      if not o["use_pseudo_labels"]:
+                                      thresholds=o("vote_thresholds")))
+      if not o("use_pseudo_labels"):
         pseudo_labels = jnp.full_like(pseudo_labels, losses.EMPTY_LABEL)
       labels = jnp.concatenate([labels, pseudo_labels])
 
     positives_rng, negatives_rng = jax.random.split(rng)
-    num_positives = int(o["num_semantic_positives"])
+    num_positives = int(o("num_semantic_positives"))
     positives, valid = losses.sample_semantic_positives(
         rng=positives_rng, labels=labels, queue_embeddings=queue.embeddings,
         queue_labels=queue.labels, num_positives=num_all * num_positives)
@@ -282,9 +276,9 @@ class SemPPL(base.Method):
     loss, extras = losses.semppl_loss(
         online=online, target=target, semantic_positives=positives,
         semantic_positive_mask=valid, rng=negatives_rng,
-        num_negatives=int(o["num_negatives"]), temperature=float(o["temperature"]),
-        alpha=float(o["alpha"]), contrastive_scale=float(o["contrastive_scale"]),
-        invariance_scale=float(o["invariance_scale"]))
+        num_negatives=int(o("num_negatives")), temperature=float(o("temperature")),
+        alpha=float(o("alpha")), contrastive_scale=float(o("contrastive_scale")),
+        invariance_scale=float(o("invariance_scale")))
     if num_positives == 0:
       extras.pop("semantic_positive_fraction")
     metrics.update(jax.lax.stop_gradient(extras))
