@@ -15,11 +15,9 @@ projection head), temperature 0.1, and may start from the teacher through
 `config.init_from`; big-to-small: a smaller `config.model`, temperature 1.0,
 from scratch (SimCLRv2 §3.1).
 
-Config keys (`config.method`): teacher_workdir, temperature, alpha (1.0: Eq. 2
-only), the student's head_layers (0), head_hidden_dim, head_out_dim,
-finetune_layer (0), and the teacher's: teacher_model (a `config.model`; empty
-name: the student's), teacher_head_layers (3), teacher_head_hidden_dim,
-teacher_head_out_dim, teacher_finetune_layer (1).
+Options: `SimCLRDistill.defaults` (alpha 1.0: Eq. 2 only; teacher_model a
+`config.model`, None or an empty name: the student's; the teacher's head keys
+`teacher_head_*`); choices: docs/DESIGN_CHOICES.md ("SimCLRv2").
 """
 from __future__ import annotations
 

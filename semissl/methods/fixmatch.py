@@ -1,38 +1,19 @@
 """FixMatch and EMA-Teacher / Semi-ViT (probabilistic pseudo mixup) as one method.
 
-* FixMatch (Sohn et al. 2020; survey): `method.teacher='self'`. One network; the
-  labelled, weak and strong images go through it in one batch (batch norm sees
-  all of them), pseudo-labels are the sg(argmax) of the weak view's prediction,
-  kept where the confidence >= tau, targets for the strong view.
+* FixMatch (Sohn et al. 2020; survey): `method.teacher='self'`; pseudo-labels are the
+  sg(argmax) of the weak view, kept where the confidence >= tau, targets for the
+  strong view.
 * EMA-Teacher (Semi-ViT Eq. 1-2): `method.teacher='ema'` (registered alias
-  'emateacher'). Pseudo-labels come from the teacher = the engine's
-  `target_params` (Eq. 1 with m = `config.ema.decay`) on the weak view, no
-  gradient; the student sees labelled + strong images. The teacher runs in eval
-  mode (as timm's ModelEma: no drop path, BN on its running statistics) unless
-  `teacher_train_mode`.
-* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5), `pseudo_mixup=True`, as the
-  official ProbPseudoMixup (`_mix_elem`): the strong unlabelled batch is paired
-  with a random permutation of itself (example i with j = perm[i]), lambda_i =
-  o_i / (o_i + o_j), kept iff max(o_i, o_j) >= tau; mixup or CutMix chosen PER
-  EXAMPLE by Bernoulli(`switch_prob`) draws when both alphas > 0 (only mixup /
-  only CutMix when one alpha is 0), the only role of the Beta parameters here
-  (lambda is Eq. 4's, as in the official code). The permutation is of the global batch (the official code permutes
-  each GPU's batch), so the step does not depend on the device count.
-  `labelled_mixup=True` applies timm-style mixup / CutMix (timm Mixup's default
-  'batch' mode: the reversed batch, one lambda ~ Beta(alpha) and one mode draw per
-  batch) to the labelled batch.
-* Options: hard or soft targets, temperature, label smoothing (both losses),
-  ReMixMatch distribution alignment of the pseudo-label distribution
-  (`distribution_alignment=True`: p * p_labelled / mean of the last `da_window`
-  batch means, p_labelled = class prior of the labelled split).
-* Without unlabelled views (mu = 0) only the labelled loss is trained: Semi-ViT's
-  supervised fine-tuning stage with the same network, mixup and layer decay.
+  'emateacher'); pseudo-labels from the engine's EMA `target_params` on the weak view.
+* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5, `pseudo_mixup=True`), labelled
+  mixup / CutMix (`labelled_mixup=True`), ReMixMatch distribution alignment
+  (`distribution_alignment=True`).
+* Without unlabelled views (mu = 0) only the labelled loss is trained (Semi-ViT's
+  supervised fine-tuning stage); ViT backbones get layer-wise lr decay.
 
-ViT backbones get `layer_id_fn = models.vit_layer_id` for the optimizer's
-layer-wise lr decay. Views: labelled 'image', unlabelled 'weak' and 'strong'.
-Config keys (`config.method`): teacher, teacher_train_mode, threshold, lambda_u,
-soft_targets, temperature, label_smoothing, distribution_alignment, da_window,
-pseudo_mixup, labelled_mixup, mixup_alpha, cutmix_alpha, switch_prob.
+Views: labelled 'image', unlabelled 'weak' and 'strong'. Options: `FixMatch.defaults`;
+the choices the papers leave open (batching, teacher mode, per-example mixing, global
+permutation): docs/DESIGN_CHOICES.md ("FixMatch, EMA-Teacher / Semi-ViT").
 """
 from __future__ import annotations
 

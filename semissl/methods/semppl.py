@@ -6,29 +6,16 @@ examples, every example seen in V_large large and V_small small views:
    anchors o (Eq. 1's z^a1); the EMA target f_t -> g_t on the large views gives
    t (the engine's `target_params`; the target predictor is unused);
 2. the target projections of the labelled examples are pushed into one FIFO
-   queue per large view (Listing 1 line 23: before the look-ups below);
+   queue per large view (Listing 1 line 23);
 3. unlabelled examples get the k-NN pseudo-label of Eq. 2 with view voting
-   (App. D: every (queue view, query view) pair votes, queries are online
-   predictions); labelled examples keep their label;
-4. P semantic positives per (anchor view, large view) pair are drawn
-   uniformly from the queue entries of that large view sharing the
-   (pseudo-)label, a fresh draw per anchor view as in Listing 1;
-5. loss = `semissl.losses.semppl_loss` (Eq. 10 with Listing 1's
-   normalisation), |N| negatives from the whole batch, over labelled and
-   unlabelled examples together.
+   (App. D); labelled examples keep their label;
+4. P semantic positives per (anchor view, large view) pair are drawn from the
+   queue entries of that large view sharing the (pseudo-)label (Listing 1);
+5. loss = `semissl.losses.semppl_loss` (Eq. 10 with Listing 1's normalisation).
 
-Bounds checked by `validate()`: the queue holds at least one step of labelled
-examples (C >= B_l), 1 <= k <= C, |N| <= N - 1 (negatives are other examples
-of the batch). Listing 1 draws semantic positives with replacement, P per
-(anchor view, large view) pair, so the views put no upper bound on P (Table 8a
-uses 10 with 4 large views); we require 0 <= P <= C (P = 0 is RELICv2, Table
-4b's last row).
-
-Telemetry (never used for training): pseudo-label accuracy of the unlabelled
-batch against its hidden labels; precision and recall at vote-agreement
-thresholds (SemPPL Fig. 3: the fraction of the V_large^2 k votes that went to
-the winning class >= t; recall = fraction of examples at or above t,
-precision = their accuracy); queue fill fraction.
+Options: `SemPPL.defaults`, their bounds checked by `validate()`; the choices the
+paper leaves open (push order, voting, positives and negatives drawn, bounds,
+telemetry of Fig. 3): docs/DESIGN_CHOICES.md ("SemPPL").
 
 Parameters are named like `models.Classifier`'s (`backbone/...`), so a
 fine-tune stage with `config.init_from` pointing here copies the encoder.

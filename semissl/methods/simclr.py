@@ -15,10 +15,10 @@
   encoder and the head and leaves the new 'classifier' at its initialisation.
 * Stage 3, `simclr_distill`, is in `semissl.methods.distill`.
 
-Config keys (`config.method`): temperature, head_layers (3), head_hidden_dim
-(0: the encoder width, SimCLRv2 footnote 2), head_out_dim (128), queue_size
-(0: no memory), finetune_layer (k), head_type ('simclr'; 'semppl' fine-tunes a
-SemPPL run from its projector's first layer, SemPPL App. A.1).
+Options: `SimCLR.defaults` / `SimCLRFinetune.defaults` (the head keys:
+`head_defaults`; head_hidden_dim 0 is the encoder width, SimCLRv2 footnote 2;
+head_type 'semppl' fine-tunes a SemPPL run from its projector's first layer, SemPPL
+App. A.1); choices: docs/DESIGN_CHOICES.md ("SimCLRv2").
 """
 from __future__ import annotations
 

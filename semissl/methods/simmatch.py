@@ -1,44 +1,21 @@
 """SimMatch (Zheng et al. 2022): semantic + instance similarity with a labelled bank.
 
 One network: encoder F -> linear classifier phi ('head', logits p) and an MLP
-projection head g ('embedding_head', embeddings z): dense -> ReLU -> dense, no batch
-norm, as the official code's `nn.Sequential(Linear, ReLU, Linear)` (ImageNet and
-its CIFAR code in TorchSSL / USB); `embedding_batch_norm=True` puts BN after the
-first dense layer (the head of runs before this option existed; their checkpoints
-load only with it). Per step (SimMatch Alg. 1):
+projection head g ('embedding_head', embeddings z). Per step (SimMatch Alg. 1):
 
 * L_s (Eq. 1): cross-entropy of the weakly augmented labelled images.
-* p_w = DA(softmax(weak logits)) (Eq. 2's DA over the last `da_window` steps);
-  q_w (Eq. 3) against the labelled bank; label propagation (Eq. 7-10, Table 6's
-  strategies by `p_strategy` / `q_strategy`) gives p_hat and q_hat.
+* p_w = DA(softmax(weak logits)) (Eq. 2); q_w (Eq. 3) against the labelled bank;
+  label propagation (Eq. 7-10, Table 6) gives p_hat and q_hat.
 * L_u (Eq. 2): [max p_hat > tau] H(p_hat, p_s) on the strong view.
 * L_in (Eq. 5): H(q_hat, q_s), q_s (Eq. 4) of the strong view's embedding.
-* Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in. During the first
-  `instance_warmup_epochs` (1) epochs propagation and L_in are off (p_hat = p_w).
-  This follows the official code, not the paper: the ImageNet code passes
-  `start_unlabel=epoch>0` (epoch 0: loss_in = 0 and p_w unpropagated) and its
-  CIFAR port (TorchSSL / USB) zeroes in_loss and skips propagation when
-  `epoch == 0`; the paper describes no such warm-up (Eq. 6 and Alg. 1 apply L_in
-  and the propagated p_hat at every step). `instance_warmup_epochs=0` is the paper.
-* The bank (Sec. 3.4), one slot per labelled image (slot = batch 'index'), is
-  written after the losses with the labels and either
-  - 'student_teacher' (large K, ImageNet): the EMA teacher's embeddings (teacher =
-    the engine's `target_params`, Eq. 11 with m = `config.ema.decay`); the student
-    sees labelled + strong images, the teacher (no gradient, BN on batch
-    statistics as the public code's EMA model in train mode) labelled + weak ones;
-  - 'temporal_ensemble' (small K, CIFAR): one network sees labelled + weak +
-    strong in one batch; slots <- normalize(m old + (1 - m) new) with the online
-    embeddings (Eq. 12, m = `bank_momentum`); the EMA params are for evaluation.
+* Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in, after an instance warm-up.
+* The bank (Sec. 3.4), one slot per labelled image, is written after the losses:
+  'student_teacher' (EMA teacher embeddings, Eq. 11) or 'temporal_ensemble' (Eq. 12).
 
-The bank is initialised with normalised noise and the labelled split's labels
-(`info.labelled_labels`), and sharded on its slot axis when K divides over the
-'data' axis (else replicated, with a log line). Views: labelled 'image' (weak),
-unlabelled 'weak' and 'strong'.
-
-Config keys (`config.method`): variant, lambda_u, lambda_in, temperature (t),
-alpha, threshold (tau), bank_momentum, da_window, distribution_alignment,
-p_strategy, q_strategy, embedding_dim, embedding_hidden_dim (0: encoder width),
-embedding_batch_norm (False), instance_warmup_epochs, teacher_train_mode.
+Views: labelled 'image' (weak), unlabelled 'weak' and 'strong'. Options:
+`SimMatch.defaults`; the choices taken from the official code rather than the paper
+(projection head, instance warm-up, teacher BN, bank variants and initialisation):
+docs/DESIGN_CHOICES.md ("SimMatch").
 """
 from __future__ import annotations
 
