@@ -47,7 +47,7 @@ class NtXentOnly(semppl.SemPPL):
     del rng
     online, target, batch_stats, _ = self.forward(params, batch, state=state)
     pair_losses = [
-        losses.nt_xent(online[i], target[j], temperature=self.options["temperature"])[0]
+        losses.nt_xent(online[i], target[j], temperature=self.option("temperature"))[0]
         for i in range(online.shape[0]) for j in range(target.shape[0]) if i != j]
     loss = jnp.mean(jnp.stack(pair_losses))
     return loss, base.StepAux(batch_stats, state.method_state, {})

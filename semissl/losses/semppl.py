@@ -11,7 +11,8 @@ log-softmax (log-sum-exp), never by exponentiating scores.
 Negatives N(x_m) are |N| other examples of the batch drawn uniformly without
 replacement, once per example; the same draw serves every view pair and both
 the augmentation and the semantic term, so the distributions compared by the
-invariance KL (Appendix B) are over aligned candidates [pos, n_1, ..., n_N].
+invariance KL (Appendix B) are over aligned candidates [pos, n_1, ..., n_N]
+(docs/DESIGN_CHOICES.md, "SemPPL").
 """
 
 from typing import Any

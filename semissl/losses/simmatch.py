@@ -12,7 +12,8 @@
 
 The bank is a pure pytree (`LabelledBank`); it may be sharded on its slot axis under
 jit (gathers and scatters only, no [K, L] one-hot). Label -1 marks an empty slot: it
-gets no class mass when unfolding and adds none when aggregating.
+gets no class mass when unfolding and adds none when aggregating. Choices the paper
+leaves open (Table 6's q smoothing, empty slots): docs/DESIGN_CHOICES.md ("SimMatch").
 """
 from typing import Any, NamedTuple
 

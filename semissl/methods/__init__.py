@@ -6,6 +6,8 @@ from semissl.methods import simmatch, fixmatch  # noqa: F401  (registers)
 from semissl.methods import ict, mean_teacher, mixmatch, pi_model  # noqa: F401  (registers)
 from semissl.methods import meta_pseudo_labels  # noqa: F401  (registers)
 from semissl.methods import pseudo_label, temporal_ensembling, uda, vat  # noqa: F401  (registers)
-from semissl.methods.base import DatasetInfo, Method, StepAux, get_method, known_methods, register
+from semissl.methods.base import (DatasetInfo, Method, StepAux, check_option_keys,
+                                  get_method, known_methods, register)
 
-__all__ = ["DatasetInfo", "Method", "StepAux", "get_method", "known_methods", "register"]
+__all__ = ["DatasetInfo", "Method", "StepAux", "check_option_keys", "get_method",
+           "known_methods", "register"]

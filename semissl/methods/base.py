@@ -10,11 +10,13 @@
 - `state_sharding_rules()`: regex rules for its method_state (queues and banks
   are sharded on their slot axis over `self.mesh`, the run's mesh).
 - `labelled_views` / `unlabelled_views`: the augmented views it needs.
+- `defaults`: every `config.method` key it reads, with its default, read through
+  `option(key)`; `check_option_keys` refuses any other key before a run starts.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import ml_collections
@@ -47,10 +49,21 @@ class StepAux(NamedTuple):
   metrics: dict[str, jax.Array]  # scalars, averaged over the global batch
 
 
+class UndeclaredOptionError(KeyError):
+  """`Method.option` of a key its `defaults` do not declare (a programming error)."""
+
+  def __str__(self):
+    return str(self.args[0])
+
+
 class Method:
   """Base class; subclasses register themselves with `register`."""
 
   name: str = ""
+  # Every `config.method` key the method reads (besides 'name') -> its default (None
+  # where there is none: `validate` then says what to set). A subclass extends its
+  # parent's: `defaults = {**Parent.defaults, "key": value}`.
+  defaults: Mapping[str, Any] = {}
   # False for pretraining methods with no classifier (SimCLR stage 1, SemPPL):
   # their online evaluation uses `eval_features` with a k-NN monitor instead.
   has_classifier: bool = True
@@ -60,6 +73,13 @@ class Method:
     self.config = config
     self.info = info
     self.mesh = mesh  # the run's mesh (training/setup.py); None outside a run
+
+  def option(self, key: str) -> Any:
+    """`config.method.<key>`, else this method's default."""
+    if key not in self.defaults:
+      raise UndeclaredOptionError(f"{type(self).__name__}.option({key!r}): {key!r} is not in "
+                                  f"{type(self).__name__}.defaults; declare it there.")
+    return self.config.method.get(key, self.defaults[key])
 
   def concat_examples(self, arrays: Sequence[jax.Array]) -> jax.Array:
     """Image batches [n_i, ...] as one, each device keeping its own rows (no gather
@@ -124,6 +144,17 @@ def register(cls: type[Method]) -> type[Method]:
     raise ValueError(f"{cls.__name__} needs a non-empty `name`.")
   _METHODS[cls.name] = cls
   return cls
+
+
+def check_option_keys(method_cls: type[Method], method_config: Mapping[str, Any]) -> None:
+  """One-line ValueError naming the keys of `config.method` (besides 'name') that
+  `method_cls` does not declare in its `defaults` (e.g. a misspelt option)."""
+  unknown = sorted(set(method_config) - set(method_cls.defaults) - {"name"})
+  if unknown:
+    keys = ", ".join(f"config.method.{key}" for key in unknown)
+    what = "is not an option" if len(unknown) == 1 else "are not options"
+    raise ValueError(f"{keys} {what} of {method_cls.name}; known: "
+                     f"{', '.join(sorted(method_cls.defaults)) or 'none'}.")
 
 
 def get_method(name: str) -> type[Method]:

@@ -15,11 +15,9 @@ projection head), temperature 0.1, and may start from the teacher through
 `config.init_from`; big-to-small: a smaller `config.model`, temperature 1.0,
 from scratch (SimCLRv2 §3.1).
 
-Config keys (`config.method`): teacher_workdir, temperature, alpha (1.0: Eq. 2
-only), the student's head_layers (0), head_hidden_dim, head_out_dim,
-finetune_layer (0), and the teacher's: teacher_model (a `config.model`; empty
-name: the student's), teacher_head_layers (3), teacher_head_hidden_dim,
-teacher_head_out_dim, teacher_finetune_layer (1).
+Options: `SimCLRDistill.defaults` (alpha 1.0: Eq. 2 only; teacher_model a
+`config.model`, None or an empty name: the student's; the teacher's head keys
+`teacher_head_*`); choices: docs/DESIGN_CHOICES.md ("SimCLRv2").
 """
 from __future__ import annotations
 
@@ -35,29 +33,31 @@ class SimCLRDistill(base.Method):
   """Student trained on a fixed fine-tuned teacher's predictions (SimCLRv2 Eq. 2 / 3)."""
 
   name = "simclr_distill"
+  defaults = {**simclr.head_defaults(head_layers=0),
+              **simclr.head_defaults(prefix="teacher_", finetune_layer=1),
+              "teacher_workdir": None, "teacher_model": None,
+              "temperature": 0.1, "alpha": 1.0}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
-    method = config.method
     # Bad head settings (layer k) raise here, before training.
     self.student = simclr.build_network(model_config=config.model, num_classes=info.num_classes,
-                                        **simclr.head_settings(method, default_head_layers=0))
-    teacher_model = method.get("teacher_model", None)
+                                        **simclr.head_settings(self.option))
+    teacher_model = self.option("teacher_model")
     if not teacher_model or not teacher_model.get("name"):
       teacher_model = config.model
     self.teacher = simclr.build_network(
         model_config=teacher_model, num_classes=info.num_classes,
-        **simclr.head_settings(method, prefix="teacher_", default_finetune_layer=1))
-    self.temperature = float(method.get("temperature", 0.1))
-    self.alpha = float(method.get("alpha", 1.0))
+        **simclr.head_settings(self.option, prefix="teacher_"))
+    self.temperature = float(self.option("temperature"))
+    self.alpha = float(self.option("alpha"))
 
   @property
   def uses_labels(self) -> bool:
     return self.alpha < 1.0
 
   def validate(self):
-    method = self.config.method
-    if not method.get("teacher_workdir"):
+    if not self.option("teacher_workdir"):
       raise ValueError("simclr_distill needs method.teacher_workdir: the workdir of the "
                        "fine-tuned teacher (a simclr_finetune run).")
     if self.temperature <= 0:
@@ -80,7 +80,7 @@ class SimCLRDistill(base.Method):
     return dict(variables), {"teacher": teacher}
 
   def load_method_state(self, method_state, *, load_variables):
-    workdir = self.config.method.teacher_workdir
+    workdir = self.option("teacher_workdir")
     try:
       teacher = load_variables(workdir, method_state["teacher"], require_all=True)
     except ValueError as error:

@@ -1,38 +1,19 @@
 """FixMatch and EMA-Teacher / Semi-ViT (probabilistic pseudo mixup) as one method.
 
-* FixMatch (Sohn et al. 2020; survey): `method.teacher='self'`. One network; the
-  labelled, weak and strong images go through it in one batch (batch norm sees
-  all of them), pseudo-labels are the sg(argmax) of the weak view's prediction,
-  kept where the confidence >= tau, targets for the strong view.
+* FixMatch (Sohn et al. 2020; survey): `method.teacher='self'`; pseudo-labels are the
+  sg(argmax) of the weak view, kept where the confidence >= tau, targets for the
+  strong view.
 * EMA-Teacher (Semi-ViT Eq. 1-2): `method.teacher='ema'` (registered alias
-  'emateacher'). Pseudo-labels come from the teacher = the engine's
-  `target_params` (Eq. 1 with m = `config.ema.decay`) on the weak view, no
-  gradient; the student sees labelled + strong images. The teacher runs in eval
-  mode (as timm's ModelEma: no drop path, BN on its running statistics) unless
-  `teacher_train_mode`.
-* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5), `pseudo_mixup=True`, as the
-  official ProbPseudoMixup (`_mix_elem`): the strong unlabelled batch is paired
-  with a random permutation of itself (example i with j = perm[i]), lambda_i =
-  o_i / (o_i + o_j), kept iff max(o_i, o_j) >= tau; mixup or CutMix chosen PER
-  EXAMPLE by Bernoulli(`switch_prob`) draws when both alphas > 0 (only mixup /
-  only CutMix when one alpha is 0), the only role of the Beta parameters here
-  (lambda is Eq. 4's, as in the official code). The permutation is of the global batch (the official code permutes
-  each GPU's batch), so the step does not depend on the device count.
-  `labelled_mixup=True` applies timm-style mixup / CutMix (timm Mixup's default
-  'batch' mode: the reversed batch, one lambda ~ Beta(alpha) and one mode draw per
-  batch) to the labelled batch.
-* Options: hard or soft targets, temperature, label smoothing (both losses),
-  ReMixMatch distribution alignment of the pseudo-label distribution
-  (`distribution_alignment=True`: p * p_labelled / mean of the last `da_window`
-  batch means, p_labelled = class prior of the labelled split).
-* Without unlabelled views (mu = 0) only the labelled loss is trained: Semi-ViT's
-  supervised fine-tuning stage with the same network, mixup and layer decay.
+  'emateacher'); pseudo-labels from the engine's EMA `target_params` on the weak view.
+* Probabilistic pseudo mixup (Semi-ViT Eq. 3-5, `pseudo_mixup=True`), labelled
+  mixup / CutMix (`labelled_mixup=True`), ReMixMatch distribution alignment
+  (`distribution_alignment=True`).
+* Without unlabelled views (mu = 0) only the labelled loss is trained (Semi-ViT's
+  supervised fine-tuning stage); ViT backbones get layer-wise lr decay.
 
-ViT backbones get `layer_id_fn = models.vit_layer_id` for the optimizer's
-layer-wise lr decay. Views: labelled 'image', unlabelled 'weak' and 'strong'.
-Config keys (`config.method`): teacher, teacher_train_mode, threshold, lambda_u,
-soft_targets, temperature, label_smoothing, distribution_alignment, da_window,
-pseudo_mixup, labelled_mixup, mixup_alpha, cutmix_alpha, switch_prob.
+Views: labelled 'image', unlabelled 'weak' and 'strong'. Options: `FixMatch.defaults`;
+the choices the papers leave open (batching, teacher mode, per-example mixing, global
+permutation): docs/DESIGN_CHOICES.md ("FixMatch, EMA-Teacher / Semi-ViT").
 """
 from __future__ import annotations
 
@@ -81,12 +62,16 @@ class FixMatch(base.Method):
   """FixMatch (teacher='self') or EMA-Teacher (teacher='ema'), see the module doc."""
 
   name = "fixmatch"
-  default_teacher = "self"
+  defaults = {"teacher": "self", "teacher_train_mode": False, "threshold": 0.95,
+              "lambda_u": 1.0, "soft_targets": False, "temperature": 1.0,
+              "label_smoothing": 0.0, "distribution_alignment": False, "da_window": 128,
+              "pseudo_mixup": False, "labelled_mixup": False, "mixup_alpha": 0.8,
+              "cutmix_alpha": 1.0, "switch_prob": 0.5}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
     self.model = supervised.build_classifier(config, info.num_classes)
-    self.teacher = config.method.get("teacher", self.default_teacher)
+    self.teacher = self.option("teacher")
     self.layer_id_fn = (models.vit_layer_id
                         if config.model.name.startswith("vit") else None)
 
@@ -95,25 +80,24 @@ class FixMatch(base.Method):
     return bool(self.config.get("mu", 0) and self.unlabelled_views)
 
   def validate(self):
-    cfg = self.config.method
     if self.teacher not in TEACHERS:
       raise ValueError(f"method.teacher={self.teacher!r}; known: {TEACHERS}.")
-    threshold = cfg.get("threshold", 0.95)
+    threshold = self.option("threshold")
     if not 0.0 <= threshold <= 1.0:
       raise ValueError(f"method.threshold={threshold} must be in [0, 1].")
-    if not 0.0 <= cfg.get("label_smoothing", 0.0) < 1.0:
-      raise ValueError(f"method.label_smoothing={cfg.get('label_smoothing')} must be in "
+    if not 0.0 <= self.option("label_smoothing") < 1.0:
+      raise ValueError(f"method.label_smoothing={self.option('label_smoothing')} must be in "
                        "[0, 1).")
-    if cfg.get("temperature", 1.0) <= 0:
-      raise ValueError(f"method.temperature={cfg.get('temperature')} must be > 0.")
-    if not 0.0 <= cfg.get("switch_prob", 0.5) <= 1.0:
-      raise ValueError(f"method.switch_prob={cfg.get('switch_prob')} must be in [0, 1].")
-    mixing_on = cfg.get("pseudo_mixup", False) or cfg.get("labelled_mixup", False)
-    alphas = (cfg.get("mixup_alpha", 0.8), cfg.get("cutmix_alpha", 1.0))
+    if self.option("temperature") <= 0:
+      raise ValueError(f"method.temperature={self.option('temperature')} must be > 0.")
+    if not 0.0 <= self.option("switch_prob") <= 1.0:
+      raise ValueError(f"method.switch_prob={self.option('switch_prob')} must be in [0, 1].")
+    mixing_on = self.option("pseudo_mixup") or self.option("labelled_mixup")
+    alphas = (self.option("mixup_alpha"), self.option("cutmix_alpha"))
     if mixing_on and (min(alphas) < 0 or max(alphas) <= 0):
       raise ValueError(f"method.mixup_alpha, cutmix_alpha={alphas}: both >= 0 and one > 0 "
                        "when pseudo_mixup or labelled_mixup is on.")
-    if cfg.get("pseudo_mixup", False) and cfg.get("soft_targets", False):
+    if self.option("pseudo_mixup") and self.option("soft_targets"):
       raise ValueError("method.pseudo_mixup mixes one-hot pseudo-labels (Semi-ViT Eq. 3); "
                        "set soft_targets=False.")
     if "image" not in self.labelled_views:
@@ -128,10 +112,10 @@ class FixMatch(base.Method):
     images = example_batch["labelled"]["images"]["image"]
     variables = self.model.init({"params": rng, "dropout": rng}, images, train=False)
     method_state = {}
-    if self.config.method.get("distribution_alignment", False):
+    if self.option("distribution_alignment"):
       method_state["da"] = losses.init_distribution_alignment_window(
           num_classes=self.info.num_classes,
-          window_size=int(self.config.method.get("da_window", 128)))
+          window_size=int(self.option("da_window")))
     return dict(variables), method_state
 
   def _labelled_prior(self) -> jax.Array:
@@ -147,7 +131,7 @@ class FixMatch(base.Method):
     return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
   def _teacher_logits(self, params, batch_stats, images, rng):
-    if self.config.method.get("teacher_train_mode", False):
+    if self.option("teacher_train_mode"):
       logits, _ = networks.apply_train(self.model, params, batch_stats, images, rng=rng)
     else:
       logits = self.model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -156,13 +140,12 @@ class FixMatch(base.Method):
 
   def _mix(self, *, images, targets, rng):
     """Labelled mixup / CutMix with lambda ~ Beta(alpha) (timm, batch-wise)."""
-    cfg = self.config.method
-    mixup_alpha, cutmix_alpha = cfg.get("mixup_alpha", 0.8), cfg.get("cutmix_alpha", 1.0)
+    mixup_alpha, cutmix_alpha = self.option("mixup_alpha"), self.option("cutmix_alpha")
     mode_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
     permutation = jnp.arange(images.shape[0])[::-1]
     use_cutmix = choose_cutmix(rng=mode_rng, mixup_alpha=mixup_alpha,
                                cutmix_alpha=cutmix_alpha,
-                               switch_prob=cfg.get("switch_prob", 0.5))
+                               switch_prob=self.option("switch_prob"))
     mixed_up = mixing.mixup(
         images=images, targets=targets, permutation=permutation,
         mix_ratio=mixing.sample_mix_ratio(rng=mixup_rng, alpha=max(mixup_alpha, 1e-3)))
@@ -175,22 +158,20 @@ class FixMatch(base.Method):
 
   def _pseudo_mixup(self, *, images, probs, rng):
     """Semi-ViT Eq. 3-5: random partners, mixup / CutMix chosen per example."""
-    cfg = self.config.method
     permutation, use_cutmix, box_rng = pseudo_mixup_draws(
-        rng=rng, batch_size=images.shape[0], mixup_alpha=cfg.get("mixup_alpha", 0.8),
-        cutmix_alpha=cfg.get("cutmix_alpha", 1.0), switch_prob=cfg.get("switch_prob", 0.5))
+        rng=rng, batch_size=images.shape[0], mixup_alpha=self.option("mixup_alpha"),
+        cutmix_alpha=self.option("cutmix_alpha"), switch_prob=self.option("switch_prob"))
     return losses.probabilistic_pseudo_mixup(
         images=images, probs=probs, permutation=permutation,
-        threshold=cfg.get("threshold", 0.95), use_cutmix=use_cutmix, rng=box_rng)
+        threshold=self.option("threshold"), use_cutmix=use_cutmix, rng=box_rng)
 
   def loss_fn(self, params, batch, *, state, rng):
-    cfg = self.config.method
-    smoothing = cfg.get("label_smoothing", 0.0)
+    smoothing = self.option("label_smoothing")
     student_rng, teacher_rng, labelled_rng, unlabelled_rng = jax.random.split(rng, 4)
     x_l = batch["labelled"]["images"]["image"]
     labels = batch["labelled"]["label"]
     targets_l = jax.nn.one_hot(labels, self.info.num_classes)
-    if cfg.get("labelled_mixup", False):
+    if self.option("labelled_mixup"):
       x_l, targets_l = self._mix(images=x_l, targets=targets_l, rng=labelled_rng)
     metrics, method_state = {}, state.method_state
     if not self.semi_supervised:
@@ -203,7 +184,7 @@ class FixMatch(base.Method):
     unlabelled = batch["unlabelled"]
     u_w, u_s = unlabelled["images"]["weak"], unlabelled["images"]["strong"]
     n_l, n_u = x_l.shape[0], u_w.shape[0]
-    pseudo_mixup = cfg.get("pseudo_mixup", False)
+    pseudo_mixup = self.option("pseudo_mixup")
     one_pass = self.teacher == "self" and not pseudo_mixup
     if one_pass:  # FixMatch: labelled + weak + strong in one batch.
       logits, batch_stats = self._student(
@@ -219,12 +200,12 @@ class FixMatch(base.Method):
         teacher_vars = (params, state.batch_stats)
       weak_logits = self._teacher_logits(*teacher_vars, u_w, teacher_rng)
 
-    probs = jax.nn.softmax(weak_logits / cfg.get("temperature", 1.0), axis=-1)
-    if cfg.get("distribution_alignment", False):
+    probs = jax.nn.softmax(weak_logits / self.option("temperature"), axis=-1)
+    if self.option("distribution_alignment"):
       probs, window = losses.push_and_align(
           probs=probs, window=method_state["da"], target_prior=self._labelled_prior())
       method_state = dict(method_state, da=window)
-    threshold = cfg.get("threshold", 0.95)
+    threshold = self.option("threshold")
 
     if pseudo_mixup:
       u_s, mixed_targets, mixed_mask = self._pseudo_mixup(images=u_s, probs=probs,
@@ -244,11 +225,11 @@ class FixMatch(base.Method):
     else:
       loss_u, extras = losses.thresholded_cross_entropy(
           pseudo_probs=probs, logits=logits_s, threshold=threshold,
-          hard_targets=not cfg.get("soft_targets", False), label_smoothing=smoothing)
+          hard_targets=not self.option("soft_targets"), label_smoothing=smoothing)
       mask = extras["mask"]
     loss_l = losses.softmax_cross_entropy(logits=logits_l, labels=targets_l,
                                           label_smoothing=smoothing)
-    loss = loss_l + cfg.get("lambda_u", 1.0) * loss_u
+    loss = loss_l + self.option("lambda_u") * loss_u
     metrics.update(train_top1=jnp.mean(jnp.argmax(logits_l, -1) == labels),
                    loss_l=loss_l, loss_u=loss_u)
     if "true_label" in unlabelled:
@@ -270,4 +251,4 @@ class EMATeacher(FixMatch):
   """Alias: FixMatch with `method.teacher='ema'` by default (Semi-ViT)."""
 
   name = "emateacher"
-  default_teacher = "ema"
+  defaults = {**FixMatch.defaults, "teacher": "ema"}

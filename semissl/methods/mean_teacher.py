@@ -1,18 +1,12 @@
 """Mean Teacher (Tarvainen & Valpola 2017; survey).
 
 The teacher is the engine's EMA of the online params (`state.target_params`,
-theta' <- beta theta' + (1 - beta) theta with beta = `config.ema.decay`; the
-`ema.schedule='mean_teacher'` warm-up min(1 - 1/(k + 1), beta) follows the
-paper's advice of a small beta early on). Student and teacher each see their own
-augmentation ('student', 'teacher' views) of every labelled and unlabelled image.
+theta' <- beta theta' + (1 - beta) theta with beta = `config.ema.decay`). Student and
+teacher each see their own augmentation ('student', 'teacher' views) of every
+labelled and unlabelled image.
 L = CE(student, labelled) + mu(t) MSE(softmax student, sg softmax teacher)
-(`losses.mean_teacher_loss`), mu(t) the sigmoid ramp-up.
-
-The teacher runs in train mode like the student (BN normalises with the
-teacher batch's own statistics, as the reference code does); its updated
-statistics are dropped, so only the student pass moves the running averages
-(the engine's `target_batch_stats` are their EMA). No gradient reaches the
-teacher params: its logits are under stop-gradient.
+(`losses.mean_teacher_loss`), mu(t) the sigmoid ramp-up. The teacher's batch norm
+and EMA warm-up: docs/DESIGN_CHOICES.md ("Mean Teacher").
 Telemetry 'pl_*': teacher argmax on the unlabelled images.
 """
 from __future__ import annotations

@@ -22,9 +22,8 @@ class SemiSupervisedClassifier(base.Method):
 
   labelled_view_names: tuple[str, ...] = ("image",)
   unlabelled_view_names: tuple[str, ...] = ()
-  # `config.method` keys and their defaults; subclasses extend this.
-  defaults: dict = {"unlabelled_weight": 1.0, "rampup": "sigmoid", "rampup_steps": 0,
-                    "rampup_start_step": 0, "label_smoothing": 0.0}
+  defaults = {"unlabelled_weight": 1.0, "rampup": "sigmoid", "rampup_steps": 0,
+              "rampup_start_step": 0, "label_smoothing": 0.0}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
@@ -53,10 +52,6 @@ class SemiSupervisedClassifier(base.Method):
     smoothing = self.option("label_smoothing")
     if not 0.0 <= smoothing < 1.0:
       raise ValueError(f"method.label_smoothing={smoothing} must be in [0, 1).")
-
-  def option(self, key: str):
-    """`config.method.<key>`, else this method's default."""
-    return self.config.method.get(key, self.defaults[key])
 
   def check_probability(self, key: str) -> None:
     """One-line error unless `method.<key>` is in [0, 1]."""

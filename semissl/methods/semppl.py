@@ -6,29 +6,16 @@ examples, every example seen in V_large large and V_small small views:
    anchors o (Eq. 1's z^a1); the EMA target f_t -> g_t on the large views gives
    t (the engine's `target_params`; the target predictor is unused);
 2. the target projections of the labelled examples are pushed into one FIFO
-   queue per large view (Listing 1 line 23: before the look-ups below);
+   queue per large view (Listing 1 line 23);
 3. unlabelled examples get the k-NN pseudo-label of Eq. 2 with view voting
-   (App. D: every (queue view, query view) pair votes, queries are online
-   predictions); labelled examples keep their label;
-4. P semantic positives per (anchor view, large view) pair are drawn
-   uniformly from the queue entries of that large view sharing the
-   (pseudo-)label, a fresh draw per anchor view as in Listing 1;
-5. loss = `semissl.losses.semppl_loss` (Eq. 10 with Listing 1's
-   normalisation), |N| negatives from the whole batch, over labelled and
-   unlabelled examples together.
+   (App. D); labelled examples keep their label;
+4. P semantic positives per (anchor view, large view) pair are drawn from the
+   queue entries of that large view sharing the (pseudo-)label (Listing 1);
+5. loss = `semissl.losses.semppl_loss` (Eq. 10 with Listing 1's normalisation).
 
-Bounds checked by `validate()`: the queue holds at least one step of labelled
-examples (C >= B_l), 1 <= k <= C, |N| <= N - 1 (negatives are other examples
-of the batch). Listing 1 draws semantic positives with replacement, P per
-(anchor view, large view) pair, so the views put no upper bound on P (Table 8a
-uses 10 with 4 large views); we require 0 <= P <= C (P = 0 is RELICv2, Table
-4b's last row).
-
-Telemetry (never used for training): pseudo-label accuracy of the unlabelled
-batch against its hidden labels; precision and recall at vote-agreement
-thresholds (SemPPL Fig. 3: the fraction of the V_large^2 k votes that went to
-the winning class >= t; recall = fraction of examples at or above t,
-precision = their accuracy); queue fill fraction.
+Options: `SemPPL.defaults`, their bounds checked by `validate()`; the choices the
+paper leaves open (push order, voting, positives and negatives drawn, bounds,
+telemetry of Fig. 3): docs/DESIGN_CHOICES.md ("SemPPL").
 
 Parameters are named like `models.Classifier`'s (`backbone/...`), so a
 fine-tune stage with `config.init_from` pointing here copies the encoder.
@@ -45,25 +32,6 @@ from jax.sharding import PartitionSpec as P
 from semissl import losses
 from semissl import models
 from semissl.methods import base, networks
-
-DEFAULTS = {
-    "large_views": ("large1", "large2", "large3", "large4"),
-    "small_views": ("small1", "small2"),
-    "queue_capacity": 20 * 4096,
-    "num_neighbours": 1,
-    "view_voting": True,
-    "temperature": 0.2,
-    "num_negatives": 10,
-    "num_semantic_positives": 3,
-    "alpha": 0.2,
-    "contrastive_scale": 0.3,
-    "invariance_scale": 5.0,
-    "projector_hidden_dim": 4096,
-    "projection_dim": 256,
-    "predictor_hidden_dim": 4096,
-    "use_pseudo_labels": True,  # False: Table 4b "- Pseudo-labels"
-    "vote_thresholds": (0.25, 0.5, 0.75, 1.0),
-}
 
 
 class SemPPLNetwork(nn.Module):
@@ -130,26 +98,39 @@ class SemPPL(base.Method):
 
   name = "semppl"
   has_classifier = False
+  defaults = {
+      "large_views": ("large1", "large2", "large3", "large4"),
+      "small_views": ("small1", "small2"),
+      "queue_capacity": 20 * 4096,
+      "num_neighbours": 1,
+      "view_voting": True,
+      "temperature": 0.2,
+      "num_negatives": 10,
+      "num_semantic_positives": 3,
+      "alpha": 0.2,
+      "contrastive_scale": 0.3,
+      "invariance_scale": 5.0,
+      "projector_hidden_dim": 4096,
+      "projection_dim": 256,
+      "predictor_hidden_dim": 4096,
+      "use_pseudo_labels": True,  # False: Table 4b "- Pseudo-labels"
+      "vote_thresholds": (0.25, 0.5, 0.75, 1.0),
+  }
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
-    self.options = {key: config.method.get(key, default) for key, default in DEFAULTS.items()}
-    self.large_views = tuple(self.options["large_views"])
-    self.small_views = tuple(self.options["small_views"])
+    self.large_views = tuple(self.option("large_views"))
+    self.small_views = tuple(self.option("small_views"))
     self.model = SemPPLNetwork(
         backbone=networks.build_backbone(config.model),
-        projector_hidden_dim=self.options["projector_hidden_dim"],
-        projection_dim=self.options["projection_dim"],
-        predictor_hidden_dim=self.options["predictor_hidden_dim"])
+        projector_hidden_dim=self.option("projector_hidden_dim"),
+        projection_dim=self.option("projection_dim"),
+        predictor_hidden_dim=self.option("predictor_hidden_dim"))
 
   # --- configuration checks -------------------------------------------------
 
   def validate(self):
-    o = self.options
-    unknown = sorted(set(self.config.method) - set(DEFAULTS) - {"name"})
-    if unknown:
-      raise ValueError(f"Unknown config.method keys {unknown} for semppl; known: "
-                       f"{sorted(DEFAULTS)}.")
+    o = self.option
     data = self.config.data
     labelled_batch = int(self.config.batch_size)
     unlabelled_batch = int(self.config.get("mu", 0) * labelled_batch)
@@ -170,25 +151,25 @@ class SemPPL(base.Method):
         if len(sizes) > 1:
           raise ValueError(f"SemPPL views {list(group)} in config.data.{key} have sizes "
                            f"{sorted(sizes)}; views of one group must share a size.")
-    capacity = int(o["queue_capacity"])
+    capacity = int(o("queue_capacity"))
     if capacity < labelled_batch:
       raise ValueError(f"method.queue_capacity={capacity} is smaller than the labelled batch "
                        f"{labelled_batch} pushed per step; use at least {labelled_batch} "
                        "(SemPPL: 20 x batch).")
-    if not 1 <= int(o["num_neighbours"]) <= capacity:
-      raise ValueError(f"method.num_neighbours={o['num_neighbours']} must be in [1, "
+    if not 1 <= int(o("num_neighbours")) <= capacity:
+      raise ValueError(f"method.num_neighbours={o('num_neighbours')} must be in [1, "
                        f"queue_capacity={capacity}].")
-    if not 0 <= int(o["num_semantic_positives"]) <= capacity:
-      raise ValueError(f"method.num_semantic_positives={o['num_semantic_positives']} must be "
+    if not 0 <= int(o("num_semantic_positives")) <= capacity:
+      raise ValueError(f"method.num_semantic_positives={o('num_semantic_positives')} must be "
                        f"in [0, queue_capacity={capacity}] (draws per anchor and large view).")
     batch = labelled_batch + unlabelled_batch
-    if not 0 <= int(o["num_negatives"]) <= batch - 1:
-      raise ValueError(f"method.num_negatives={o['num_negatives']} must be in [0, {batch - 1}]"
+    if not 0 <= int(o("num_negatives")) <= batch - 1:
+      raise ValueError(f"method.num_negatives={o('num_negatives')} must be in [0, {batch - 1}]"
                        f": negatives are other examples of the batch of {batch}.")
-    if float(o["temperature"]) <= 0:
-      raise ValueError(f"method.temperature={o['temperature']} must be positive.")
-    if any(not 0 < float(t) <= 1 for t in o["vote_thresholds"]):
-      raise ValueError(f"method.vote_thresholds={o['vote_thresholds']} must be fractions in "
+    if float(o("temperature")) <= 0:
+      raise ValueError(f"method.temperature={o('temperature')} must be positive.")
+    if any(not 0 < float(t) <= 1 for t in o("vote_thresholds")):
+      raise ValueError(f"method.vote_thresholds={o('vote_thresholds')} must be fractions in "
                        "(0, 1].")
 
   def state_sharding_rules(self):
@@ -202,8 +183,8 @@ class SemPPL(base.Method):
     images = example_batch["labelled"]["images"][self.large_views[0]]
     variables = self.model.init(model_rng, images, train=False)
     queue = losses.init_embedding_queue(
-        rng=queue_rng, capacity=int(self.options["queue_capacity"]),
-        dim=int(self.options["projection_dim"]), num_views=len(self.large_views))
+        rng=queue_rng, capacity=int(self.option("queue_capacity")),
+        dim=int(self.option("projection_dim")), num_views=len(self.large_views))
     return dict(variables), {"queue": queue}
 
   def forward(self, params, batch, *, state):
@@ -244,7 +225,7 @@ class SemPPL(base.Method):
     return jnp.concatenate(predictions, axis=0), target, batch_stats, num_labelled
 
   def loss_fn(self, params, batch, *, state, rng):
-    o = self.options
+    o = self.option
     online, target, batch_stats, num_labelled = self.forward(params, batch, state=state)
     num_large, num_all = len(self.large_views), online.shape[0]
     labels = batch["labelled"]["label"].astype(jnp.int32)
@@ -257,20 +238,20 @@ class SemPPL(base.Method):
       pseudo_labels, votes = losses.knn_pseudo_labels(
           queries=online[:num_large, num_labelled:], queue_embeddings=queue.embeddings,
           queue_labels=queue.labels, num_classes=self.info.num_classes,
-          k=int(o["num_neighbours"]), view_voting=bool(o["view_voting"]))
+          k=int(o("num_neighbours")), view_voting=bool(o("view_voting")))
       true_labels = batch["unlabelled"].get("true_label")  # absent: no hidden labels
       if true_labels is not None:
         metrics.update(networks.pseudo_label_telemetry(
             pseudo_labels=pseudo_labels, true_labels=true_labels, mask=pseudo_labels >= 0))
         metrics.update(vote_telemetry(votes=votes, pseudo_labels=pseudo_labels,
                                       true_labels=true_labels,
-                                      thresholds=o["vote_thresholds"]))
-      if not o["use_pseudo_labels"]:
+                                      thresholds=o("vote_thresholds")))
+      if not o("use_pseudo_labels"):
         pseudo_labels = jnp.full_like(pseudo_labels, losses.EMPTY_LABEL)
       labels = jnp.concatenate([labels, pseudo_labels])
 
     positives_rng, negatives_rng = jax.random.split(rng)
-    num_positives = int(o["num_semantic_positives"])
+    num_positives = int(o("num_semantic_positives"))
     positives, valid = losses.sample_semantic_positives(
         rng=positives_rng, labels=labels, queue_embeddings=queue.embeddings,
         queue_labels=queue.labels, num_positives=num_all * num_positives)
@@ -282,9 +263,9 @@ class SemPPL(base.Method):
     loss, extras = losses.semppl_loss(
         online=online, target=target, semantic_positives=positives,
         semantic_positive_mask=valid, rng=negatives_rng,
-        num_negatives=int(o["num_negatives"]), temperature=float(o["temperature"]),
-        alpha=float(o["alpha"]), contrastive_scale=float(o["contrastive_scale"]),
-        invariance_scale=float(o["invariance_scale"]))
+        num_negatives=int(o("num_negatives")), temperature=float(o("temperature")),
+        alpha=float(o("alpha")), contrastive_scale=float(o("contrastive_scale")),
+        invariance_scale=float(o("invariance_scale")))
     if num_positives == 0:
       extras.pop("semantic_positive_fraction")
     metrics.update(jax.lax.stop_gradient(extras))

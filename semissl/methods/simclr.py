@@ -15,14 +15,14 @@
   encoder and the head and leaves the new 'classifier' at its initialisation.
 * Stage 3, `simclr_distill`, is in `semissl.methods.distill`.
 
-Config keys (`config.method`): temperature, head_layers (3), head_hidden_dim
-(0: the encoder width, SimCLRv2 footnote 2), head_out_dim (128), queue_size
-(0: no memory), finetune_layer (k), head_type ('simclr'; 'semppl' fine-tunes a
-SemPPL run from its projector's first layer, SemPPL App. A.1).
+Options: `SimCLR.defaults` / `SimCLRFinetune.defaults` (the head keys:
+`head_defaults`; head_hidden_dim 0 is the encoder width, SimCLRv2 footnote 2;
+head_type 'semppl' fine-tunes a SemPPL run from its projector's first layer, SemPPL
+App. A.1); choices: docs/DESIGN_CHOICES.md ("SimCLRv2").
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -99,19 +99,25 @@ class SimCLRNetwork(nn.Module):
     return outputs
 
 
-def head_settings(method_config: Any, *, prefix: str = "", default_head_layers: int = 3,
-                  default_finetune_layer: int = 0) -> dict[str, Any]:
-  """The `config.method.<prefix>head_*` / `<prefix>finetune_layer` keys, with defaults.
+def head_defaults(*, prefix: str = "", head_layers: int = 3,
+                  finetune_layer: int = 0) -> dict[str, Any]:
+  """The `<prefix>head_*` / `<prefix>finetune_layer` option defaults (a `defaults` part)."""
+  return {prefix + "head_layers": head_layers, prefix + "head_hidden_dim": 0,
+          prefix + "head_out_dim": 128, prefix + "finetune_layer": finetune_layer,
+          prefix + "head_type": "simclr"}
+
+
+def head_settings(option: Callable[[str], Any], *, prefix: str = "") -> dict[str, Any]:
+  """`build_network`'s head keyword arguments from the method's `option` (its
+  `<prefix>head_*` / `<prefix>finetune_layer` keys, declared with `head_defaults`).
 
   Raises a one-line ValueError unless 0 <= finetune_layer <= head_layers (and
   head_layers <= 1 for head_type 'semppl').
   """
-  get = lambda key, default: int(method_config.get(prefix + key, default) or 0)
-  settings = {"head_layers": get("head_layers", default_head_layers),
-              "head_hidden_dim": get("head_hidden_dim", 0),
-              "head_out_dim": get("head_out_dim", 128),
-              "finetune_layer": get("finetune_layer", default_finetune_layer),
-              "head_type": method_config.get(prefix + "head_type", "simclr")}
+  get = lambda key: int(option(prefix + key) or 0)
+  settings = {"head_layers": get("head_layers"), "head_hidden_dim": get("head_hidden_dim"),
+              "head_out_dim": get("head_out_dim"), "finetune_layer": get("finetune_layer"),
+              "head_type": option(prefix + "head_type")}
   layers, where = settings["head_layers"], f"method.{prefix}"
   if settings["head_type"] not in HEAD_TYPES:
     raise ValueError(f"{where}head_type={settings['head_type']!r}; use one of {HEAD_TYPES}.")
@@ -150,12 +156,13 @@ class SimCLR(base.Method):
 
   name = "simclr"
   has_classifier = False
+  defaults = {**head_defaults(), "temperature": 0.1, "queue_size": 0}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
-    self.network = build_network(model_config=config.model, **head_settings(config.method))
-    self.temperature = float(config.method.get("temperature", 0.1))
-    self.queue_size = int(config.method.get("queue_size", 0))
+    self.network = build_network(model_config=config.model, **head_settings(self.option))
+    self.temperature = float(self.option("temperature"))
+    self.queue_size = int(self.option("queue_size"))
 
   @property
   def view_names(self) -> tuple[str, ...]:
@@ -232,12 +239,13 @@ class SimCLRFinetune(base.Method):
   """
 
   name = "simclr_finetune"
+  defaults = {**head_defaults(), "frozen_encoder": False}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
     self.network = build_network(model_config=config.model, num_classes=info.num_classes,
-                                 **head_settings(config.method))
-    self.frozen_encoder = bool(config.method.get("frozen_encoder", False))
+                                 **head_settings(self.option))
+    self.frozen_encoder = bool(self.option("frozen_encoder"))
 
   def validate(self):
     if "image" not in self.labelled_views:

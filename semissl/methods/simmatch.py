@@ -1,44 +1,21 @@
 """SimMatch (Zheng et al. 2022): semantic + instance similarity with a labelled bank.
 
 One network: encoder F -> linear classifier phi ('head', logits p) and an MLP
-projection head g ('embedding_head', embeddings z): dense -> ReLU -> dense, no batch
-norm, as the official code's `nn.Sequential(Linear, ReLU, Linear)` (ImageNet and
-its CIFAR code in TorchSSL / USB); `embedding_batch_norm=True` puts BN after the
-first dense layer (the head of runs before this option existed; their checkpoints
-load only with it). Per step (SimMatch Alg. 1):
+projection head g ('embedding_head', embeddings z). Per step (SimMatch Alg. 1):
 
 * L_s (Eq. 1): cross-entropy of the weakly augmented labelled images.
-* p_w = DA(softmax(weak logits)) (Eq. 2's DA over the last `da_window` steps);
-  q_w (Eq. 3) against the labelled bank; label propagation (Eq. 7-10, Table 6's
-  strategies by `p_strategy` / `q_strategy`) gives p_hat and q_hat.
+* p_w = DA(softmax(weak logits)) (Eq. 2); q_w (Eq. 3) against the labelled bank;
+  label propagation (Eq. 7-10, Table 6) gives p_hat and q_hat.
 * L_u (Eq. 2): [max p_hat > tau] H(p_hat, p_s) on the strong view.
 * L_in (Eq. 5): H(q_hat, q_s), q_s (Eq. 4) of the strong view's embedding.
-* Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in. During the first
-  `instance_warmup_epochs` (1) epochs propagation and L_in are off (p_hat = p_w).
-  This follows the official code, not the paper: the ImageNet code passes
-  `start_unlabel=epoch>0` (epoch 0: loss_in = 0 and p_w unpropagated) and its
-  CIFAR port (TorchSSL / USB) zeroes in_loss and skips propagation when
-  `epoch == 0`; the paper describes no such warm-up (Eq. 6 and Alg. 1 apply L_in
-  and the propagated p_hat at every step). `instance_warmup_epochs=0` is the paper.
-* The bank (Sec. 3.4), one slot per labelled image (slot = batch 'index'), is
-  written after the losses with the labels and either
-  - 'student_teacher' (large K, ImageNet): the EMA teacher's embeddings (teacher =
-    the engine's `target_params`, Eq. 11 with m = `config.ema.decay`); the student
-    sees labelled + strong images, the teacher (no gradient, BN on batch
-    statistics as the public code's EMA model in train mode) labelled + weak ones;
-  - 'temporal_ensemble' (small K, CIFAR): one network sees labelled + weak +
-    strong in one batch; slots <- normalize(m old + (1 - m) new) with the online
-    embeddings (Eq. 12, m = `bank_momentum`); the EMA params are for evaluation.
+* Total (Eq. 6): L_s + lambda_u L_u + lambda_in L_in, after an instance warm-up.
+* The bank (Sec. 3.4), one slot per labelled image, is written after the losses:
+  'student_teacher' (EMA teacher embeddings, Eq. 11) or 'temporal_ensemble' (Eq. 12).
 
-The bank is initialised with normalised noise and the labelled split's labels
-(`info.labelled_labels`), and sharded on its slot axis when K divides over the
-'data' axis (else replicated, with a log line). Views: labelled 'image' (weak),
-unlabelled 'weak' and 'strong'.
-
-Config keys (`config.method`): variant, lambda_u, lambda_in, temperature (t),
-alpha, threshold (tau), bank_momentum, da_window, distribution_alignment,
-p_strategy, q_strategy, embedding_dim, embedding_hidden_dim (0: encoder width),
-embedding_batch_norm (False), instance_warmup_epochs, teacher_train_mode.
+Views: labelled 'image' (weak), unlabelled 'weak' and 'strong'. Options:
+`SimMatch.defaults`; the choices taken from the official code rather than the paper
+(projection head, instance warm-up, teacher BN, bank variants and initialisation):
+docs/DESIGN_CHOICES.md ("SimMatch").
 """
 from __future__ import annotations
 
@@ -88,41 +65,47 @@ class SimMatch(base.Method):
   """SimMatch, both memory-bank variants of Sec. 3.4."""
 
   name = "simmatch"
+  defaults = {"variant": "student_teacher", "lambda_u": 1.0, "lambda_in": 1.0,
+              "temperature": 0.1, "alpha": 0.9, "threshold": 0.95, "bank_momentum": 0.7,
+              "da_window": 32, "distribution_alignment": True,
+              "p_strategy": simmatch_losses.P_STRATEGIES[0],
+              "q_strategy": simmatch_losses.Q_STRATEGIES[0], "embedding_dim": 128,
+              "embedding_hidden_dim": 0, "embedding_batch_norm": False,
+              "instance_warmup_epochs": 1, "teacher_train_mode": True}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
-    cfg = config.method
     self.model = SimMatchNetwork(
         backbone=networks.build_backbone(config.model), num_classes=info.num_classes,
-        embedding_dim=int(cfg.get("embedding_dim", 128)),
-        embedding_hidden_dim=int(cfg.get("embedding_hidden_dim", 0) or 0),
-        embedding_batch_norm=bool(cfg.get("embedding_batch_norm", False)))
-    self.variant = cfg.get("variant", "student_teacher")
+        embedding_dim=int(self.option("embedding_dim")),
+        embedding_hidden_dim=int(self.option("embedding_hidden_dim") or 0),
+        embedding_batch_norm=bool(self.option("embedding_batch_norm")))
+    self.variant = self.option("variant")
     self.num_slots = int(info.num_labelled)
 
   def validate(self):
-    cfg, info = self.config.method, self.info
+    info = self.info
     if self.variant not in VARIANTS:
       raise ValueError(f"method.variant={self.variant!r}; known: {VARIANTS}.")
     if self.num_slots < info.num_classes:
       raise ValueError(
           f"SimMatch's labelled bank has one slot per labelled image ({self.num_slots}) "
           f"but there are {info.num_classes} classes; label at least one image per class.")
-    threshold = cfg.get("threshold", 0.95)
+    threshold = self.option("threshold")
     if not 0.0 <= threshold <= 1.0:
       raise ValueError(f"method.threshold={threshold} must be in [0, 1].")
-    if not 0.0 <= cfg.get("alpha", 0.9) <= 1.0:
-      raise ValueError(f"method.alpha={cfg.get('alpha')} must be in [0, 1].")
-    if not 0.0 <= cfg.get("bank_momentum", 0.7) < 1.0:
-      raise ValueError(f"method.bank_momentum={cfg.get('bank_momentum')} must be in [0, 1).")
-    if cfg.get("temperature", 0.1) <= 0:
-      raise ValueError(f"method.temperature={cfg.get('temperature')} must be > 0.")
-    if int(cfg.get("da_window", 32)) < 1:
-      raise ValueError(f"method.da_window={cfg.get('da_window')} must be >= 1.")
+    if not 0.0 <= self.option("alpha") <= 1.0:
+      raise ValueError(f"method.alpha={self.option('alpha')} must be in [0, 1].")
+    if not 0.0 <= self.option("bank_momentum") < 1.0:
+      raise ValueError(f"method.bank_momentum={self.option('bank_momentum')} must be in [0, 1).")
+    if self.option("temperature") <= 0:
+      raise ValueError(f"method.temperature={self.option('temperature')} must be > 0.")
+    if int(self.option("da_window")) < 1:
+      raise ValueError(f"method.da_window={self.option('da_window')} must be >= 1.")
     for key, known in (("p_strategy", simmatch_losses.P_STRATEGIES),
                        ("q_strategy", simmatch_losses.Q_STRATEGIES)):
-      if cfg.get(key, known[0]) not in known:
-        raise ValueError(f"method.{key}={cfg.get(key)!r}; known: {known}.")
+      if self.option(key) not in known:
+        raise ValueError(f"method.{key}={self.option(key)!r}; known: {known}.")
     missing = [v for v in UNLABELLED_VIEWS if v not in self.unlabelled_views]
     if missing or "image" not in self.labelled_views or not self.config.get("mu", 0):
       raise ValueError("SimMatch needs mu > 0, data.labelled_views['image'] (weak) and "
@@ -145,7 +128,7 @@ class SimMatch(base.Method):
         labels=None if labels is None else jnp.asarray(labels, jnp.int32))
     window = losses.init_distribution_alignment_window(
         num_classes=self.info.num_classes,
-        window_size=int(self.config.method.get("da_window", 32)))
+        window_size=int(self.option("da_window")))
     return dict(variables), {"bank": bank, "da": window}
 
   def state_sharding_rules(self):
@@ -175,7 +158,7 @@ class SimMatch(base.Method):
           params, state.batch_stats, concat([x_l, u_s]), train=True, rng=student_rng)
       (t_logits, t_embeddings), _ = self._apply(
           state.target_params, state.target_batch_stats, concat([x_l, u_w]),
-          train=bool(self.config.method.get("teacher_train_mode", True)), rng=teacher_rng)
+          train=bool(self.option("teacher_train_mode")), rng=teacher_rng)
       _, weak_logits = split(t_logits, (n_l, n_u))
       bank_embeddings, weak_embeddings = split(t_embeddings, (n_l, n_u))
       labelled_logits, strong_logits = split(logits, (n_l, n_u))
@@ -192,25 +175,24 @@ class SimMatch(base.Method):
                 batch_stats=batch_stats)
 
   def loss_fn(self, params, batch, *, state, rng):
-    cfg = self.config.method
     out = self._forward(params, batch, state=state, rng=rng)
     bank = state.method_state["bank"]
     window = state.method_state["da"]
-    temperature = cfg.get("temperature", 0.1)
-    threshold = cfg.get("threshold", 0.95)
+    temperature = self.option("temperature")
+    threshold = self.option("threshold")
 
     p_weak = jax.nn.softmax(out["weak_logits"], axis=-1)
-    if cfg.get("distribution_alignment", True):
+    if self.option("distribution_alignment"):
       p_weak, window = losses.push_and_align(probs=p_weak, window=window)
     q_weak = losses.instance_similarity(embeddings=out["weak_embeddings"],
                                         bank_embeddings=bank.embeddings,
                                         temperature=temperature)
     p_hat, q_hat = losses.simmatch_propagate(
         p_weak=p_weak, q_weak=q_weak, bank_labels=bank.labels,
-        num_classes=self.info.num_classes, alpha=cfg.get("alpha", 0.9),
-        p_strategy=cfg.get("p_strategy", "smoothing"),
-        q_strategy=cfg.get("q_strategy", "scaling"))
-    warmup_steps = round(cfg.get("instance_warmup_epochs", 1) * self.info.steps_per_epoch)
+        num_classes=self.info.num_classes, alpha=self.option("alpha"),
+        p_strategy=self.option("p_strategy"),
+        q_strategy=self.option("q_strategy"))
+    warmup_steps = round(self.option("instance_warmup_epochs") * self.info.steps_per_epoch)
     instance_on = state.step >= warmup_steps
     p_target = jnp.where(instance_on, p_hat, p_weak)
 
@@ -221,10 +203,10 @@ class SimMatch(base.Method):
     loss_in, in_extras = losses.simmatch_instance_loss(
         q_target=q_hat, strong_embeddings=out["strong_embeddings"],
         bank_embeddings=bank.embeddings, temperature=temperature)
-    lambda_in = cfg.get("lambda_in", 1.0) * instance_on.astype(loss_in.dtype)
-    loss = loss_s + cfg.get("lambda_u", 1.0) * loss_u + lambda_in * loss_in
+    lambda_in = self.option("lambda_in") * instance_on.astype(loss_in.dtype)
+    loss = loss_s + self.option("lambda_u") * loss_u + lambda_in * loss_in
 
-    momentum = 0.0 if self.variant == "student_teacher" else cfg.get("bank_momentum", 0.7)
+    momentum = 0.0 if self.variant == "student_teacher" else self.option("bank_momentum")
     new_bank = losses.update_labelled_bank(
         bank=bank, ids=batch["labelled"]["index"], embeddings=out["bank_embeddings"],
         labels=labels, momentum=momentum)

@@ -28,13 +28,14 @@ class Supervised(base.Method):
   """Labelled cross-entropy with optional label smoothing."""
 
   name = "supervised"
+  defaults = {"label_smoothing": 0.0}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
     self.model = build_classifier(config, info.num_classes)
 
   def validate(self):
-    smoothing = self.config.method.get("label_smoothing", 0.0)
+    smoothing = self.option("label_smoothing")
     if not 0.0 <= smoothing < 1.0:
       raise ValueError(f"method.label_smoothing={smoothing} must be in [0, 1).")
 
@@ -49,7 +50,7 @@ class Supervised(base.Method):
         self.model, params, state.batch_stats, labelled["images"]["image"], rng=rng)
     loss = losses.softmax_cross_entropy(
         logits=logits, labels=labelled["label"],
-        label_smoothing=self.config.method.get("label_smoothing", 0.0))
+        label_smoothing=self.option("label_smoothing"))
     metrics = classification_metrics(logits, labelled["label"])
     return loss, base.StepAux(batch_stats, state.method_state, metrics)
 

@@ -8,15 +8,10 @@ target is the start-up bias corrected z~_i = Z_i / (1 - alpha^t_i) (sg), and
 L = CE(labelled) + mu(t) 1/|U'| sum_{i in U'} 1/C ||softmax(z_i) - z~_i||^2 over the
 unlabelled examples U' that already have a target (t_i >= 1); then
 Z_i <- alpha Z_i + (1 - alpha) softmax(z_i) and t_i <- t_i + 1.
-
-The paper updates Z once per epoch with that epoch's predictions; here each
-example's Z moves when the example is drawn, i.e. about once per epoch of the
-unlabelled stream, with the same bias correction per example. The ensemble
-covers the unlabelled stream (which holds the labelled images too unless
-`data.labelled_in_unlabelled` is off). The store ([N, C] and [N]) is sharded
-over `data` like SimMatch's bank and checkpointed with the state, so a resume
-continues it exactly. Paper values: alpha = 0.6, w_max = 30 M / N (M labelled of
-N), the sigmoid ramp-up over 80 epochs (`semissl.methods.rampup`).
+Z moves per example when it is drawn, not once per epoch (paper values and this
+choice: docs/DESIGN_CHOICES.md ("Temporal Ensembling")). The store ([N, C] and [N]) is
+sharded over `data` like SimMatch's bank and checkpointed with the state, so a resume
+continues it exactly.
 """
 from __future__ import annotations
 

@@ -5,17 +5,9 @@ One clean train-mode pass over [labelled; unlabelled] gives the labelled CE and
 the VAT target p(y|u) (stop-gradient). r_vadv comes from power iteration
 (`losses.vat_loss` / `vat_adversarial_direction`; xi, epsilon,
 `num_power_iterations`) and L_u = KL(p(y|u) || p(y|u + r_vadv)).
-
-Batch norm: every perturbed pass (power iteration and the final one) runs in
-train mode on [labelled; unlabelled + r], the same batch composition as the
-clean pass, so at r -> 0 it reproduces the clean logits exactly (the batch
-statistics differ only through r); its updated running averages are dropped,
-so perturbed inputs never pollute the stored batch statistics (VAT's
-`update_batch_stats=False`). The same dropout rng is used for the clean and the
-perturbed passes, so they differ only by r.
-
-L = CE(labelled) + mu(t) L_u + `entropy_weight` H(p(y|u)) (VAT + EntMin with
-entropy_weight = 1; 0 switches it off), mu(t) the sigmoid ramp-up.
+L = CE(labelled) + mu(t) L_u + `entropy_weight` H(p(y|u)), mu(t) the sigmoid ramp-up.
+Batch norm and dropout of the perturbed passes, and the power iteration's float
+resolution: docs/DESIGN_CHOICES.md ("VAT").
 Telemetry 'pl_*': argmax of the clean unlabelled predictions.
 """
 from __future__ import annotations

@@ -37,7 +37,9 @@ def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
 
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """One-line errors for bad input, raised before any data is read or compiled."""
-  methods.get_method(config.method.name)  # unknown names list the known ones
+  # Unknown names list the known ones; unknown config.method keys (e.g. misspelt) name
+  # the method's options.
+  methods.check_option_keys(methods.get_method(config.method.name), config.method)
   grad_accum_steps(config)
   if config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size} must be positive.")

@@ -193,7 +193,6 @@ def test_vote_telemetry_against_numpy():
     ({"method": {"large_views": ()}}, "at least one large view"),
     ({"method": {"large_views": ("large1", "small1")}}, "must share a size"),
     ({"method": {"vote_thresholds": (0.0,)}}, "vote_thresholds"),
-    ({"method": {"num_negative": 3}}, "Unknown config.method keys"),
 ])
 def test_validate_rejects_bad_config(change, message):
   config = _config(**change["method"])

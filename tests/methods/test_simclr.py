@@ -82,7 +82,8 @@ def test_semppl_head_type_loads_the_projector_first_layer():
   assert set(variables["params"]["projector"]) == {"dense1", "bn1"}
   assert variables["params"]["classifier"]["dense"]["kernel"].shape == (16, 3)
   with pytest.raises(ValueError, match="at most 1 for head_type 'semppl'"):
-    simclr.head_settings(ml_collections.ConfigDict({"head_type": "semppl", "head_layers": 3}))
+    simclr.head_settings({**simclr.head_defaults(), "head_type": "semppl",
+                          "head_layers": 3}.__getitem__)
 
 
 def _plain_state(variables, method_state=None):
