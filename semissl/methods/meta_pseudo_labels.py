@@ -45,18 +45,19 @@ class MetaPseudoLabels(uda.UDA):
   """Teacher (UDA + MPL feedback) and student (teacher's soft pseudo-labels)."""
 
   name = "meta_pseudo_labels"
-  defaults = {**uda.UDA.defaults, "mpl_weight": 1.0}
+  # inner_lr (eta_S) is required; student_model None: the teacher's `config.model`.
+  defaults = {**uda.UDA.defaults, "mpl_weight": 1.0, "inner_lr": None, "student_model": None}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)  # self.model: the teacher
-    student_config = config.method.get("student_model", None) or config.model
+    student_config = self.option("student_model") or config.model
     self.student_model = models.Classifier(
         backbone=networks.build_backbone(ml_collections.ConfigDict(student_config)),
         num_classes=info.num_classes)
 
   def validate(self):
     super().validate()
-    inner_lr = self.config.method.get("inner_lr", None)
+    inner_lr = self.option("inner_lr")
     if inner_lr is None or not inner_lr >= 0:
       raise ValueError(f"method.inner_lr={inner_lr!r}: set the student's one-step "
                        "learning rate eta_S (>= 0) of the teacher's MPL objective.")
@@ -101,7 +102,7 @@ class MetaPseudoLabels(uda.UDA):
         student_labelled_apply=lambda p: networks.apply_train(
             self.student_model, p, student_stats, labelled["images"]["image"],
             rng=labelled_rng)[0],
-        labels=labels, inner_lr=self.config.method.inner_lr)
+        labels=labels, inner_lr=self.option("inner_lr"))
     student_loss = losses.loss_with_gradient(
         value=extras["student_loss"], grads=extras["student_grads"],
         params=params["student"])
