@@ -1,7 +1,7 @@
 """What the classic-family Fashion-MNIST CPU configs share (pimodel_fmnist.py,
 meanteacher_fmnist.py, pseudolabel_fmnist.py, uda_fmnist.py, vat_fmnist.py,
-mixmatch_fmnist.py, meta_pseudo_labels_fmnist.py; remixmatch_fmnist.py builds on
-fixmatch_fmnist.py instead).
+mixmatch_fmnist.py, meta_pseudo_labels_fmnist.py, label_propagation_fmnist.py;
+remixmatch_fmnist.py builds on fixmatch_fmnist.py instead).
 
 The model, optimizer, label split and data keys are those of
 configs/supervised_fmnist.py (tiny_resnet, SGD-Nesterov lr 0.1 x B/256, weight

@@ -101,6 +101,7 @@ ENTRIES = (
     _single("mean_teacher", "meanteacher_fmnist"),
     _single("pseudo_label", "pseudolabel_fmnist"),
     _single("meta_pseudo_labels", "meta_pseudo_labels_fmnist"),
+    _single("label_propagation", "label_propagation_fmnist"),
 )
 
 

@@ -197,6 +197,35 @@ class Input:
     the position in `labelled_ids`."""
     return self._train_eval_iter(self.labelled_ids)
 
+  def unlabelled_eval_iter(self) -> Iterator[dict[str, Any]]:
+    """One pass over the unlabelled stream's images in slot order (`unlabelled_ids`)
+    with the eval view (no augmentation), batched, process-sharded and padded like
+    `eval_iter`; 'id' is the slot (the train batches' unlabelled 'index'), 'label'
+    the hidden label if known (telemetry only). For methods with an epoch pass
+    (training/epoch_pass.py)."""
+    p = self._parts
+    dataset = streams.eval_stream(
+        labels=p.unlabelled_labels[self.unlabelled_ids], ids=self.unlabelled_ids,
+        source=p.unlabelled_source, views_fn=self._views_fn({"image": p.eval_view}),
+        global_batch=self.local_eval_batch_size * p.process_count,
+        local_batch=self.local_eval_batch_size, process_index=p.process_index)
+    return dataset.with_options(p.options).prefetch(p.prefetch).as_numpy_iterator()
+
+  @property
+  def labelled_unlabelled_slots(self) -> np.ndarray:
+    """int64 [num_labelled]: each labelled example's slot in the unlabelled stream
+    (`labelled_in_unlabelled`), -1 where it is not there (or the unlabelled stream
+    has its own source)."""
+    slots = np.full(len(self.labelled_ids), -1, np.int64)
+    p = self._parts
+    if p.unlabelled_source is not p.train_source or not len(self.unlabelled_ids):
+      return slots
+    where = np.searchsorted(self.unlabelled_ids, self.labelled_ids)
+    where = np.minimum(where, len(self.unlabelled_ids) - 1)
+    found = self.unlabelled_ids[where] == self.labelled_ids
+    slots[found] = where[found]
+    return slots
+
   def validation_iter(self) -> Iterator[dict[str, Any]]:
     """One pass over the held-out validation images (`validation_ids`) with the eval
     view, batched, process-sharded and padded exactly like `eval_iter`

@@ -57,6 +57,14 @@ from semissl.losses.ema import mean_teacher_ema_decay
 from semissl.losses.fixmatch import fixmatch_loss
 from semissl.losses.fixmatch import pseudo_label_loss
 from semissl.losses.fixmatch import thresholded_cross_entropy
+from semissl.losses.label_propagation import diffuse as label_propagation_diffuse
+from semissl.losses.label_propagation import edge_matvec
+from semissl.losses.label_propagation import knn_affinity
+from semissl.losses.label_propagation import knn_search
+from semissl.losses.label_propagation import normalize_affinity
+from semissl.losses.label_propagation import propagate_labels
+from semissl.losses.label_propagation import pseudo_label_weights
+from semissl.losses.label_propagation import weighted_cross_entropy
 from semissl.losses.meta_pseudo_labels import loss_with_gradient
 from semissl.losses.meta_pseudo_labels import meta_pseudo_labels_teacher_loss
 from semissl.losses.mixing import cutmix

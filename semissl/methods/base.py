@@ -12,6 +12,11 @@
 - `labelled_views` / `unlabelled_views`: the augmented views it needs.
 - `defaults`: every `config.method` key it reads, with its default, read through
   `option(key)`; `check_option_keys` refuses any other key before a run starts.
+- Optional epoch pass (`needs_epoch_pass`): at the start of each epoch for which
+  `epoch_pass_due(epoch)`, the train loop computes the eval-mode encoder features of
+  the whole training set (`EpochFeatures`, training/epoch_pass.py) and replaces the
+  method state with `epoch_update(method_state, epoch=..., features=...)` (e.g.
+  Label Propagation's pseudo-labels); the result is checkpointed with the state.
 """
 from __future__ import annotations
 
@@ -42,6 +47,17 @@ class DatasetInfo:
       default=None, repr=False, compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochFeatures:
+  """What an epoch pass gives `Method.epoch_update` (host NumPy arrays, every process
+  the same): eval-mode encoder features (`eval_features`, online weights)."""
+  unlabelled: np.ndarray  # float32 [num_unlabelled, D], row = slot (batch 'index')
+  labelled: np.ndarray  # float32 [num_labelled, D], row = labelled slot
+  labelled_labels: np.ndarray  # int32 [num_labelled]
+  # int64 [num_labelled]: each labelled example's unlabelled-stream slot, -1 if absent.
+  labelled_slots: np.ndarray
+
+
 class StepAux(NamedTuple):
   """What `loss_fn` returns besides the loss."""
   batch_stats: PyTree  # updated online batch-norm statistics
@@ -67,6 +83,8 @@ class Method:
   # False for pretraining methods with no classifier (SimCLR stage 1, SemPPL):
   # their online evaluation uses `eval_features` with a k-NN monitor instead.
   has_classifier: bool = True
+  # True: the train loop runs an epoch pass (`epoch_update`) at each due epoch start.
+  needs_epoch_pass: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo, *,
                mesh: jax.sharding.Mesh | None = None):
@@ -133,6 +151,17 @@ class Method:
 
   def state_sharding_rules(self) -> Sequence[tuple[str, Any]]:
     return ()
+
+  def epoch_pass_due(self, epoch: int) -> bool:
+    """Whether the epoch pass runs at the start of `epoch` (0-based; default: every
+    epoch when `needs_epoch_pass`)."""
+    return self.needs_epoch_pass
+
+  def epoch_update(self, method_state: PyTree, *, epoch: int,
+                   features: EpochFeatures) -> PyTree:
+    """Host side, at the start of a due epoch: the new method_state (same structure,
+    shapes and dtypes) from the features of the whole training set."""
+    raise NotImplementedError
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from semissl.training import (checkpointing, evaluators, model_info, safety, setup, sharding,
-                               workdirs)
+from semissl.training import (checkpointing, epoch_pass, evaluators, model_info, safety, setup,
+                               sharding, workdirs)
 from semissl.training.metrics import MetricLogger, StepTimer
 from semissl.training.train_state import TrainState
 
@@ -133,6 +133,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   evaluator = evaluators.make_evaluator(config, method, mesh=mesh,
                                         state_shardings=run.state_shardings)
+  epoch_hook = epoch_pass.make_epoch_pass(
+      method, data=data, mesh=mesh, state_shardings=run.state_shardings,
+      steps_per_epoch=info.steps_per_epoch * k)
   logger = MetricLogger(workdir, total_steps=total_steps,
                         log_every=config.get("log_every_steps", 50),
                         start_step=int(jax.device_get(state.step)) // k, grad_accum_steps=k)
@@ -142,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       outcome = _train(state, first_batch, train_step=run.train_step, train_iter=train_iter,
                        evaluator=evaluator, data=data, mesh=mesh, manager=manager,
                        logger=logger, signals=signals, config=config, workdir=workdir,
-                       total_steps=total_steps, grad_accum_steps=k)
+                       total_steps=total_steps, grad_accum_steps=k, epoch_hook=epoch_hook)
     except safety.Interrupted as interrupted:
       _write_results(workdir, config, dict(logger.last_train_metrics(), step=interrupted.step),
                      status="interrupted", signal=safety.signal_name(interrupted.signum))
@@ -177,8 +180,11 @@ def _save_error_line(workdir: str, error: BaseException) -> str:
 
 
 def _train(state, batch, *, train_step, train_iter, evaluator, data, mesh, manager, logger,
-           signals, config, workdir, total_steps, grad_accum_steps=1):
+           signals, config, workdir, total_steps, grad_accum_steps=1, epoch_hook=None):
   """The loop proper; returns (final update count, final eval metrics, train seconds).
+
+  `epoch_hook` (training/epoch_pass.py, methods with `needs_epoch_pass`) may replace
+  the method state before the step that starts an epoch.
 
   `step` counts train steps (micro-batches, = state.step); with k = `grad_accum_steps`
   the run ends after `total_steps` (updates) x k of them, evaluates every
@@ -207,6 +213,9 @@ def _train(state, batch, *, train_step, train_iter, evaluator, data, mesh, manag
       raise safety.SaveError(_save_error_line(workdir, error)) from error
 
   while step < total_steps:
+    if epoch_hook is not None:
+      with timer.paused():
+        state = epoch_hook.maybe_update(state, step)
     state, metrics = train_step(state, batch)  # dispatched; runs asynchronously
     if step == first_step:
       timer.restart()  # the first call blocks while compiling: not a train step's time

@@ -130,6 +130,30 @@ def test_eval_padding_covers_every_example_once(tiny_fashion_dir, process_count)
   np.testing.assert_allclose(np.concatenate(images), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("labelled_in_unlabelled", [True, False])
+def test_unlabelled_eval_iter_is_the_unlabelled_stream_in_slot_order(tiny_fashion_dir,
+                                                                     labelled_in_unlabelled):
+  """Every unlabelled slot once, 'id' = slot, the identity view of image
+  unlabelled_ids[slot]; `labelled_unlabelled_slots` maps labelled ids to their slots."""
+  directory, arrays = tiny_fashion_dir
+  inp = _build(directory, eval_batch_size=8,
+               overrides={"labelled_in_unlabelled": labelled_in_unlabelled})
+  ids, images = [], []
+  for batch in inp.unlabelled_eval_iter():
+    real = batch["mask"] == 1.0
+    ids.append(batch["id"][real])
+    images.append(batch["images"]["image"][real])
+  ids = np.concatenate(ids)
+  np.testing.assert_array_equal(np.sort(ids), np.arange(inp.info.num_unlabelled))
+  expected = (arrays["train"]["image"][inp.unlabelled_ids[ids]] / 255.0 - 0.5) / 0.25
+  np.testing.assert_allclose(np.concatenate(images), expected, atol=1e-5)
+  slots = inp.labelled_unlabelled_slots
+  if labelled_in_unlabelled:
+    np.testing.assert_array_equal(inp.unlabelled_ids[slots], inp.labelled_ids)
+  else:
+    assert (slots == -1).all()
+
+
 def test_labelled_ids_written_by_process_zero_only(tiny_fashion_dir, tmp_path):
   directory, _ = tiny_fashion_dir
   _build(directory, workdir=str(tmp_path / "p1"), process_index=1, process_count=2)

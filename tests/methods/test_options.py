@@ -34,6 +34,7 @@ CONFIG_VARIANTS = {
     "temporal_ensembling_fmnist": ["", "runlocal"],
     "uda_fmnist": ["", "runlocal"],
     "meta_pseudo_labels_fmnist": ["", "runlocal"],
+    "label_propagation_fmnist": ["", "runlocal"],
     "vat_fmnist": ["", "entmin=True,finite_difference=True", "runlocal"],
     "semppl_fmnist": ["", "runlocal,small=2", "stage=finetune,init_from=/w",
                       "stage=finetune,init_from=/w,labels=40", "stage=scratch",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from semissl import methods
+from semissl.methods.base import EpochFeatures
 from semissl.training import setup, sharding
 
 NUM_CLASSES = 3
@@ -100,6 +101,10 @@ CASES = {
     # Two steps: the second reads targets the first wrote into the sharded store.
     "temporal_ensembling": ("temporal_ensembling", (("image",), ("image",)),
                             {**CLASSIC, "alpha": 0.6}),
+    # The steps read pseudo-labels and certainties from the sharded store, filled by
+    # an epoch update (its k-NN ring search on the run's mesh) before the first step.
+    "label_propagation": ("label_propagation", (("image",), ("image",)),
+                          {**CLASSIC, "k": 5, "block_size": 4, "warmup_epochs": 0}),
 }
 
 
@@ -225,11 +230,45 @@ def _assert_trees_close(ours, reference, what):
   jax.tree_util.tree_map_with_path(check, ours, reference)
 
 
+def _epoch_features():
+  """Random whole-training-set features: 12 labelled images in the unlabelled stream
+  (slots 0, 3, ..., 33), 4 outside it."""
+  rs = np.random.RandomState(7)
+  slots = np.where(np.arange(NUM_LABELLED) < 12, 3 * np.arange(NUM_LABELLED), -1)
+  return EpochFeatures(
+      unlabelled=rs.normal(size=(NUM_UNLABELLED, 6)).astype(np.float32),
+      labelled=rs.normal(size=(NUM_LABELLED, 6)).astype(np.float32),
+      labelled_labels=LABELLED_LABELS.astype(np.int32), labelled_slots=slots)
+
+
+def _with_epoch_update(run, state):
+  """`state` (host) after the method's epoch update on `run`'s mesh, if it has one."""
+  if not run.method.needs_epoch_pass:
+    return state
+  method_state = run.method.epoch_update(jax.device_put(state.method_state,
+                                                        run.state_shardings.method_state),
+                                         epoch=1, features=_epoch_features())
+  return state.replace(method_state=_host(method_state))
+
+
+def test_epoch_update_eight_devices_equal_one_device():
+  """Label propagation's epoch update (k-NN ring over 8 devices) equals 1 device's."""
+  case = "label_propagation"
+  batch = _batch(case, 0)
+  run1 = _run(case, jax.devices()[:1], batch)
+  initial_state = _initial_state(run1, batch)
+  one = _with_epoch_update(run1, initial_state).method_state
+  eight = _with_epoch_update(_run(case, jax.devices(), batch), initial_state).method_state
+  assert int(one["epoch"]) == 1 and float(np.max(one["certainty"])) > 0
+  _assert_trees_close(eight, one, "epoch update")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_eight_devices_equal_one_device(case):
   assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
   batch = _batch(case, 0)
-  initial_state = _initial_state(_run(case, jax.devices()[:1], batch), batch)
+  run1 = _run(case, jax.devices()[:1], batch)
+  initial_state = _with_epoch_update(run1, _initial_state(run1, batch))
   state8, shardings8, metrics8, method, hlo8 = _train_two_steps(case, initial_state,
                                                                 jax.devices())
   state1, _, metrics1, _, _ = _train_two_steps(case, initial_state, jax.devices()[:1])
