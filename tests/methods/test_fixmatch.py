@@ -3,7 +3,6 @@ stop-gradients, options, config checks, paper values, end to end incl. Semi-ViT'
 supervised -> semi-supervised stages chained by init_from."""
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -430,24 +429,20 @@ def test_paper_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_fmnist(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tiny_fmnist")
-  rng = np.random.default_rng(5)
-  for prefix, counts in (("train", fake_data.TINY_TRAIN_COUNTS),
-                         ("t10k", fake_data.TINY_TEST_COUNTS)):
-    images, labels = fake_data.tiny_split(rng, counts)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels,
-                        compress=False)
-  return str(directory)
+def learnable_fmnist(tmp_path_factory):
+  return fake_data.write_fashion_mnist(tmp_path_factory.mktemp("learnable_fmnist"), seed=5,
+                                       learnable=True)
 
 
-def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
+def test_end_to_end_runlocal(learnable_fmnist, tmp_path, monkeypatch):
   config = fixmatch_fmnist.get_config("runlocal,labels=perclass2")
-  config.data.data_dir = tiny_fmnist
+  config.data.data_dir = learnable_fmnist
   config.data.image_size = 12
   config.model.update(stem_width=4, stage_widths=(4, 8), stage_strides=(1, 2))
   config.eval_every_steps = 0
+  config.ema.decay = 0.9  # the runlocal 0.99 moves the EMA model by ~1e-5 per step
+  config.optimizer.update(base_lr=0.3, warmup_steps=0)  # visible progress in 6 steps
+  recording = capture.record_train_steps(monkeypatch)
   results = train_and_evaluate(config, str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
   assert written["metrics"]["step"] == 6 and written["config"]["method"]["name"] == "fixmatch"
@@ -455,6 +450,16 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
     assert 0.0 <= results[key] <= 1.0, key
   for key in ("train_loss", "train_loss_l", "train_loss_u"):
     assert np.isfinite(results[key]), key
+  states = recording.states
+  assert len(states) == 6
+  capture.assert_ema_followed(states, lambda update: 0.9)
+  # On learnable data the labelled loss of the first batch falls (same rng: the same
+  # draws), from the first step's parameters to the last step's.
+  loss_l = jax.jit(lambda params, state, batch: recording.run.method.loss_fn(
+      params, batch, state=state, rng=jax.random.PRNGKey(0))[1].metrics["loss_l"])
+  first = float(loss_l(states[0].params, states[0], recording.batches[0]))
+  last = float(loss_l(states[-1].params, states[0], recording.batches[0]))
+  assert last < first - 0.05, (first, last)
   # The restored checkpoint's confusion agrees with the loop's own evaluation.
   matrices = offline_evaluation.classifier_confusion(config, str(tmp_path), split="eval")
   for prefix, matrix in matrices.items():
@@ -463,12 +468,6 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
                                results[f"eval_{prefix}top1"], atol=1e-6)
   with pytest.raises(ValueError, match="validation_size"):
     offline_evaluation.classifier_confusion(config, str(tmp_path))  # runlocal: no validation
-
-
-@pytest.fixture(scope="module")
-def learnable_fmnist(tmp_path_factory):
-  return fake_data.write_fashion_mnist(tmp_path_factory.mktemp("learnable_fmnist"), seed=5,
-                                       learnable=True)
 
 
 def _float64(tree):

@@ -294,6 +294,7 @@ def test_loss_matches_numpy_reference(view_voting, k):
   np.testing.assert_array_equal(new_queue.pointer, (REF_POINTER + REF_LABELLED) % REF_CAPACITY)
   np.testing.assert_allclose(aux.metrics["pl_accuracy"], np.mean(pseudo == true), atol=1e-6)
   np.testing.assert_allclose(aux.metrics["semantic_positive_fraction"], fraction, atol=1e-6)
+  assert 0 < fraction < 1  # the fixed queue leaves some labels without a positive
 
 
 def test_without_pseudo_labels_only_labelled_get_semantic_positives(setup):
