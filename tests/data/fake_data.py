@@ -46,3 +46,41 @@ def save_image(path, array, fmt):
   """Writes uint8 [h, w] or [h, w, 3] as PNG or JPEG."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.asarray(array, np.uint8)).save(path, format=fmt)
+
+
+def class_patterns(num_classes, size=TINY_SIZE):
+  """Fixed, distinct, horizontally symmetric 3x3 block patterns [K, size, size] (bool),
+  the same for every split: a class is a layout of bright blocks, so a few steps of
+  training on a crop / flip of it separate the classes (blocks of size / 3 pixels
+  survive a pad-and-crop shift of 2 pixels)."""
+  rng = np.random.default_rng(1234)
+  seen, patterns = set(), []
+  while len(patterns) < num_classes:
+    half = rng.random((3, 2)) < 0.5
+    grid = np.concatenate([half, half[:, :1]], axis=1)  # columns 0 and 2 equal
+    if grid.any() and not grid.all() and grid.tobytes() not in seen:
+      seen.add(grid.tobytes())
+      patterns.append(np.kron(grid, np.ones((size // 3, size // 3), bool)))
+  return np.stack(patterns)
+
+
+def learnable_split(rng, counts, *, noise=20.0):
+  """Like `tiny_split`, but learnable: class c is `class_patterns()[c]` (blocks at 200,
+  background at 55) plus Gaussian noise of std `noise`, as uint8."""
+  labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+  labels = rng.permutation(labels).astype(np.uint8)
+  means = np.where(class_patterns(len(counts))[labels], 200.0, 55.0)
+  images = means + noise * rng.standard_normal(means.shape)
+  return np.clip(np.round(images), 0, 255).astype(np.uint8), labels
+
+
+def write_fashion_mnist(directory, *, seed, learnable=False):
+  """The tiny train / t10k splits as Fashion-MNIST IDX files in `directory` (a source
+  `config.data.dataset='fashion_mnist'` reads from `config.data.data_dir`)."""
+  rng = np.random.default_rng(seed)
+  split = learnable_split if learnable else tiny_split
+  for prefix, counts in (("train", TINY_TRAIN_COUNTS), ("t10k", TINY_TEST_COUNTS)):
+    images, labels = split(rng, counts)
+    write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
+    write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+  return str(directory)

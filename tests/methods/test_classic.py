@@ -19,6 +19,7 @@ from semissl import methods
 from semissl.methods import rampup
 from semissl.training import setup, train_and_evaluate
 from tests.data import fake_data
+from tests.training import capture
 
 NUM_CLASSES = 4
 NUM_LABELLED, NUM_UNLABELLED, SIZE = 8, 16, 8
@@ -428,19 +429,33 @@ def tiny_fashion_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_runlocal_trains_and_writes_results(name, tiny_fashion_dir, tmp_path):
+def _ema_decay(ema):
+  """update -> decay of `config.ema`, written from the schedules' formulas."""
+  if ema.get("schedule", "constant") == "mean_teacher":  # min(1 - 1/(k + 1), decay)
+    return lambda update: min(1.0 - 1.0 / (update + 1), ema.decay)
+  assert ema.get("schedule", "constant") == "constant", ema
+  return lambda update: ema.decay
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_runlocal_trains_and_writes_results(name, tiny_fashion_dir, tmp_path, monkeypatch):
   config = CONFIGS[name].get_config("runlocal")
   config.data.update(data_dir=tiny_fashion_dir, image_size=fake_data.TINY_SIZE,
                      label_fraction=None, labels_per_class=2, mean=0.5, std=0.25)
-  config.num_train_steps = 2
+  config.num_train_steps = 3
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 100
+  recording = capture.record_train_steps(monkeypatch)
   results = train_and_evaluate(config, str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
-  assert written["metrics"]["step"] == 2
+  assert written["metrics"]["step"] == 3
   assert written["config"]["method"]["name"] == config.method.name
   for key in ("eval_top1", "eval_ema_top1"):
     assert 0.0 <= results[key] <= 1.0
   unsupervised_key = "train_loss_u" if name == "remixmatch" else "train_unsupervised_loss"
   for key in ("train_loss", unsupervised_key, "train_pl_accuracy"):
     assert np.isfinite(results[key]), key
+  # The EMA target (Mean Teacher's teacher, every method's evaluated EMA) follows
+  # ema_t = d_t ema_{t-1} + (1 - d_t) theta_t with the config's schedule.
+  assert len(recording.states) == 3
+  capture.assert_ema_followed(recording.states, _ema_decay(config.ema))

@@ -3,7 +3,6 @@ stop-gradients, options, config checks, paper values, end to end incl. Semi-ViT'
 supervised -> semi-supervised stages chained by init_from."""
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +15,11 @@ from configs import emateacher_fmnist, fixmatch_cifar, fixmatch_fmnist, semivit_
 from semissl import losses, methods, models
 from semissl.losses import mixing
 from semissl.methods import fixmatch
-from semissl.training import offline_evaluation, optimizers, sharding, train_and_evaluate
+from semissl.training import (checkpointing, offline_evaluation, optimizers, sharding,
+                              train_and_evaluate)
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
+from tests.training import capture
 
 NUM_CLASSES, SIZE, B, MU = 3, 8, 8, 2
 TINY_RESNET = {"name": "tiny_resnet", "stem_width": 4, "stage_widths": (4, 8),
@@ -428,24 +429,20 @@ def test_paper_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_fmnist(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tiny_fmnist")
-  rng = np.random.default_rng(5)
-  for prefix, counts in (("train", fake_data.TINY_TRAIN_COUNTS),
-                         ("t10k", fake_data.TINY_TEST_COUNTS)):
-    images, labels = fake_data.tiny_split(rng, counts)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels,
-                        compress=False)
-  return str(directory)
+def learnable_fmnist(tmp_path_factory):
+  return fake_data.write_fashion_mnist(tmp_path_factory.mktemp("learnable_fmnist"), seed=5,
+                                       learnable=True)
 
 
-def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
+def test_end_to_end_runlocal(learnable_fmnist, tmp_path, monkeypatch):
   config = fixmatch_fmnist.get_config("runlocal,labels=perclass2")
-  config.data.data_dir = tiny_fmnist
+  config.data.data_dir = learnable_fmnist
   config.data.image_size = 12
   config.model.update(stem_width=4, stage_widths=(4, 8), stage_strides=(1, 2))
   config.eval_every_steps = 0
+  config.ema.decay = 0.9  # the runlocal 0.99 moves the EMA model by ~1e-5 per step
+  config.optimizer.update(base_lr=0.3, warmup_steps=0)  # visible progress in 6 steps
+  recording = capture.record_train_steps(monkeypatch)
   results = train_and_evaluate(config, str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
   assert written["metrics"]["step"] == 6 and written["config"]["method"]["name"] == "fixmatch"
@@ -453,6 +450,16 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
     assert 0.0 <= results[key] <= 1.0, key
   for key in ("train_loss", "train_loss_l", "train_loss_u"):
     assert np.isfinite(results[key]), key
+  states = recording.states
+  assert len(states) == 6
+  capture.assert_ema_followed(states, lambda update: 0.9)
+  # On learnable data the labelled loss of the first batch falls (same rng: the same
+  # draws), from the first step's parameters to the last step's.
+  loss_l = jax.jit(lambda params, state, batch: recording.run.method.loss_fn(
+      params, batch, state=state, rng=jax.random.PRNGKey(0))[1].metrics["loss_l"])
+  first = float(loss_l(states[0].params, states[0], recording.batches[0]))
+  last = float(loss_l(states[-1].params, states[0], recording.batches[0]))
+  assert last < first - 0.05, (first, last)
   # The restored checkpoint's confusion agrees with the loop's own evaluation.
   matrices = offline_evaluation.classifier_confusion(config, str(tmp_path), split="eval")
   for prefix, matrix in matrices.items():
@@ -463,22 +470,61 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
     offline_evaluation.classifier_confusion(config, str(tmp_path))  # runlocal: no validation
 
 
-def test_semivit_stages_chained_by_init_from(tiny_fmnist, tmp_path):
+def _float64(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def _assert_trees_equal(actual, expected):
+  actual, expected = _float64(actual), _float64(expected)
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _assert_ema_step(target, previous_target, params, decay):
+  """target == decay * previous_target + (1 - decay) * params, leaf by leaf (NumPy)."""
+  expected = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p,
+                          _float64(previous_target), _float64(params))
+  for a, b in zip(jax.tree.leaves(_float64(target)), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_semivit_stages_chained_by_init_from(learnable_fmnist, tmp_path, monkeypatch):
+  decay = 0.5  # Semi-ViT's 0.9999 would hide a wrong EMA below float32 resolution
+
   def stage_config(stage, init_from=""):
     # 1% recipe: no labelled mixup, drop path or erasing (fewer ops to compile).
     config = semivit_vitb.get_config(
         f"stage={stage},labels=1pct,runlocal,init_from={init_from}")
-    config.data.update(data_dir=tiny_fmnist, image_size=12, label_fraction=None,
+    config.data.update(data_dir=learnable_fmnist, image_size=12, label_fraction=None,
                        labels_per_class=2)
     config.model.update(width=8, mlp_dim=16, patch_size=4)
     config.update(num_train_steps=2, eval_every_steps=0, checkpoint_every_steps=2)
+    config.ema.decay = decay
+    config.optimizer.warmup_steps = 0  # the student moves from the first step on
     return config
 
-  supervised = train_and_evaluate(stage_config("supervised"), str(tmp_path / "sup"))
+  recording = capture.record_train_steps(monkeypatch)
+  train_and_evaluate(stage_config("supervised"), str(tmp_path / "sup"))
+  saved = checkpointing.restore_collections(str(tmp_path / "sup"), ("params",))["params"]
   semi = train_and_evaluate(stage_config("semi", str(tmp_path / "sup")),
                             str(tmp_path / "semi"))
-  # The semi stage's teacher starts from the supervised weights (EMA 0.9999 barely
-  # moves in 2 steps), so it scores what the supervised model scored.
-  np.testing.assert_allclose(semi["eval_ema_top1"], supervised["eval_top1"], atol=0.06)
+  assert len(recording.states) == 2 and semi["step"] == 2
+  first, second = recording.states
+  # The semi stage's first step starts from the supervised stage's saved weights, for
+  # the student and for the EMA teacher.
+  _assert_trees_equal(first.params, saved)
+  _assert_trees_equal(first.target_params, saved)
+  # Then the teacher follows ema_t = d ema_{t-1} + (1 - d) theta_t, step 1 and step 2
+  # (the last from the semi stage's final checkpoint).
+  final = checkpointing.restore_collections(str(tmp_path / "semi"),
+                                            ("params", "target_params"))
+  _assert_ema_step(second.target_params, first.target_params, second.params, decay)
+  _assert_ema_step(final["target_params"], second.target_params, final["params"], decay)
+  for after, before in ((second.params, first.params), (final["params"], second.params)):
+    moved = max(float(np.abs(a - b).max())
+                for a, b in zip(jax.tree.leaves(_float64(after)),
+                                jax.tree.leaves(_float64(before))))
+    assert moved > 1e-5  # the student trained: the EMA checks above are not vacuous
   for key in ("train_loss_u", "train_mixed_mask_rate", "train_loss"):
     assert np.isfinite(semi[key]), key

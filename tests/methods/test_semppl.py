@@ -14,6 +14,7 @@ from semissl import losses, methods
 from semissl.methods import semppl
 from semissl.training import checkpointing, sharding
 from semissl.training.train_state import TrainState
+from tests.training import capture
 
 from configs import common, semppl_fmnist, semppl_r50
 
@@ -93,7 +94,7 @@ def _independent_forward(method, batch, variables, state):
                            "batch_stats": state.target_batch_stats},
                           _stack(batch, LARGE), train=True, mutable=["batch_stats"],
                           method=semppl.SemPPLNetwork.project)
-  n = LABELLED + UNLABELLED
+  n = batch["labelled"]["label"].shape[0] + batch["unlabelled"]["true_label"].shape[0]
   online = jnp.concatenate([large.reshape(2, n, -1), small.reshape(1, n, -1)])
   return online, target.reshape(2, n, -1)
 
@@ -156,6 +157,144 @@ def _reference_loss(online, target, queue, labels, rng):
 
 def _global_norm(tree):
   return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+
+
+# Fixed inputs for the NumPy reference: 4 labelled examples of distinct classes and a
+# queue whose every class sits in at most one slot per view once they are pushed, so
+# the "uniform draw among same-label entries" has one outcome; with |N| = N - 1 the
+# negatives are every other example, so no draw of the method changes the loss.
+REF_CLASSES, REF_LABELLED, REF_UNLABELLED, REF_CAPACITY, REF_POINTER = 10, 4, 8, 8, 2
+REF_LABELS = np.array([7, 2, 9, 4])
+# Slots 2-5 are overwritten by the push (their labels would otherwise duplicate
+# classes 5, 1 and 0); slot 6 is empty; view 1 holds class 3 where view 0 holds 0, so
+# a pseudo-label 0 finds no semantic positive in queue 1 (a dropped term).
+REF_QUEUE_LABELS = np.array([[5, 1, 5, 1, 0, 3, -1, 0], [5, 1, 1, 5, 3, 0, -1, 3]])
+
+
+def _phi_distribution(anchor, positive, negatives, temperature):
+  """p over [positive, negatives...] of Eq. 5/6: phi(a, b) = tau exp(<a, b> / tau)."""
+  scores = np.concatenate([[anchor @ positive], negatives @ anchor])
+  phi = temperature * np.exp(scores / temperature)
+  return phi / phi.sum()
+
+
+def _kl(p, q):
+  return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def _numpy_semppl(online, target, labels, queue_embeddings, queue_labels, pointer, *,
+                  num_classes, k, view_voting, num_positives, temperature, alpha,
+                  contrastive_scale, invariance_scale):
+  """SemPPL's loss (Eq. 1-10, App. B, Listing 1) in plain NumPy, float64.
+
+  online [V_all, N, D] predictions (large views first), target [V_large, N, D]
+  projections, labelled examples first along N; the queue before this step's push.
+  Returns (loss, pseudo-labels of the unlabelled examples, queue after the push,
+  fraction of valid semantic positives)."""
+  online, target = np.asarray(online, np.float64), np.asarray(target, np.float64)
+  num_all, n, _ = online.shape
+  num_large, num_labelled = target.shape[0], len(labels)
+  # Listing 1 line 23: the labelled target projections enter each view's FIFO queue.
+  queue_embeddings = np.array(queue_embeddings, np.float64)
+  queue_labels = np.array(queue_labels)
+  slots = (pointer + np.arange(num_labelled)) % queue_labels.shape[1]
+  queue_embeddings[:, slots] = target[:, :num_labelled]
+  queue_labels[:, slots] = labels
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  # Eq. 2 with view voting (App. D): k nearest queue entries (cosine) of the online
+  # prediction of view j in the queue of view i, every pair (i, j) votes; the mode.
+  pairs = ([(i, j) for i in range(num_large) for j in range(num_large)] if view_voting
+           else [(i, i) for i in range(num_large)])
+  pseudo = []
+  for m in range(num_labelled, n):
+    votes = np.zeros(num_classes, int)
+    for i, j in pairs:
+      similarity = unit(queue_embeddings[i]) @ unit(online[j, m])
+      similarity[queue_labels[i] < 0] = -np.inf
+      for slot in np.argsort(-similarity, kind="stable")[:k]:
+        votes[queue_labels[i, slot]] += 1
+    pseudo.append(int(np.argmax(votes)))  # ties: the smallest class
+  all_labels = np.concatenate([labels, pseudo])
+
+  o, t, q = unit(online), unit(target), unit(queue_embeddings)
+  augm = sempos = augm_inv = sempos_inv = 0.0
+  count = valid_count = 0
+  for m in range(n):
+    others = np.arange(n) != m  # N(x_m): every other example
+    for i in range(num_all):
+      for j in range(num_large):
+        p_augm = _phi_distribution(o[i, m], t[j, m], t[j, others], temperature)
+        augm -= np.log(p_augm[0])  # Eq. 9
+        count += 1
+        if i < num_large and i != j:  # I_augm: KL(p(o_i; t_j) || p(o_j; t_i))
+          p_reverse = _phi_distribution(o[j, m], t[i, m], t[i, others], temperature)
+          augm_inv += _kl(p_augm, p_reverse)
+        same = np.flatnonzero(queue_labels[j] == all_labels[m])
+        assert len(same) <= 1, "the fixed queue must make the semantic draw unique"
+        if not len(same):
+          continue  # no entry with that label in queue j: no semantic positive
+        positive = q[j, same[0]]
+        for _ in range(num_positives):
+          p_sempos = _phi_distribution(o[i, m], positive, t[j, others], temperature)
+          sempos -= np.log(p_sempos[0])  # Eq. 8
+          count += 1
+          valid_count += 1
+          if i < num_large:  # I_sempos: KL(p(o_i; z+_j) || p(z+_j; t_i))
+            p_reverse = _phi_distribution(positive, t[i, m], t[i, others], temperature)
+            sempos_inv += _kl(p_sempos, p_reverse)
+  # Eq. 10, normalised by the number of contrastive terms (Listing 1 lines 54-55).
+  loss = (contrastive_scale * (augm + alpha * sempos)
+          + invariance_scale * (augm_inv + sempos_inv)) / count
+  fraction = valid_count / (num_all * num_large * num_positives * n)
+  return loss, np.array(pseudo), (queue_embeddings, queue_labels), fraction
+
+
+@pytest.mark.parametrize("view_voting,k", [(True, 1), (False, 2)])
+def test_loss_matches_numpy_reference(view_voting, k):
+  n = REF_LABELLED + REF_UNLABELLED
+  config = _config(queue_capacity=REF_CAPACITY, num_negatives=n - 1, num_neighbours=k,
+                   view_voting=view_voting, num_semantic_positives=2)
+  config.batch_size, config.mu = REF_LABELLED, REF_UNLABELLED // REF_LABELLED
+  info = methods.DatasetInfo(num_classes=REF_CLASSES, image_shape=(8, 8, 1),
+                             num_labelled=40, num_unlabelled=200)
+  method = semppl.SemPPL(config, info)
+  method.validate()
+  rs = np.random.RandomState(3)
+  views = lambda b: {v: jnp.asarray(rs.normal(size=(b, s, s, 1)), jnp.float32)
+                     for v, s in SIZES.items()}
+  true = rs.randint(0, REF_CLASSES, REF_UNLABELLED)
+  batch = {"labelled": {"images": views(REF_LABELLED),
+                        "label": jnp.asarray(REF_LABELS, jnp.int32)},
+           "unlabelled": {"images": views(REF_UNLABELLED),
+                          "true_label": jnp.asarray(true, jnp.int32)}}
+  variables, _ = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
+  queue_embeddings = rs.normal(size=(len(LARGE), REF_CAPACITY, 8)) * 3.0  # not unit
+  queue = losses.EmbeddingQueue(
+      embeddings=jnp.asarray(queue_embeddings, jnp.float32),
+      labels=jnp.asarray(REF_QUEUE_LABELS, jnp.int32),
+      pointer=jnp.full((len(LARGE),), REF_POINTER, jnp.int32),
+      num_filled=jnp.full((len(LARGE),), REF_CAPACITY - 1, jnp.int32))
+  target = jax.tree.map(lambda x: x * 0.9, variables["params"])
+  state = TrainState.create(params=variables["params"], batch_stats=variables["batch_stats"],
+                            target_params=target, method_state={"queue": queue},
+                            rng=jax.random.PRNGKey(5))
+  loss, aux = jax.jit(method.loss_fn)(variables["params"], batch, state=state,
+                                      rng=jax.random.PRNGKey(7))
+  online, target_projections = jax.jit(_independent_forward, static_argnums=0)(
+      method, batch, variables, state)
+  expected, pseudo, (queue_embeddings, queue_labels), fraction = _numpy_semppl(
+      online, target_projections, REF_LABELS, queue_embeddings, REF_QUEUE_LABELS,
+      REF_POINTER, num_classes=REF_CLASSES, k=k, view_voting=view_voting,
+      num_positives=2, temperature=0.2, alpha=0.2, contrastive_scale=0.3,
+      invariance_scale=5.0)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+  new_queue = aux.method_state["queue"]
+  np.testing.assert_array_equal(new_queue.labels, queue_labels)
+  np.testing.assert_allclose(new_queue.embeddings, queue_embeddings, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(new_queue.pointer, (REF_POINTER + REF_LABELLED) % REF_CAPACITY)
+  np.testing.assert_allclose(aux.metrics["pl_accuracy"], np.mean(pseudo == true), atol=1e-6)
+  np.testing.assert_allclose(aux.metrics["semantic_positive_fraction"], fraction, atol=1e-6)
+  assert 0 < fraction < 1  # the fixed queue leaves some labels without a positive
 
 
 def test_without_pseudo_labels_only_labelled_get_semantic_positives(setup):
@@ -370,7 +509,7 @@ def test_fmnist_default_finetune_follows_the_label_regime():
     semppl_fmnist.get_config("stage=finetune,init_from=/p,protocol=linear")
 
 
-def test_end_to_end_pretrain_then_finetune(tmp_path):
+def test_end_to_end_pretrain_then_finetune(tmp_path, monkeypatch):
   from semissl.training import train_and_evaluate
   pretrain_dir, finetune_dir = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
   results = train_and_evaluate(semppl_fmnist.get_config("runlocal"), pretrain_dir)
@@ -381,16 +520,29 @@ def test_end_to_end_pretrain_then_finetune(tmp_path):
   assert 0.0 <= results["eval_knn_top1"] <= 1.0 and saved["step"] == 6
 
   config = semppl_fmnist.get_config(f"runlocal,stage=finetune,init_from={pretrain_dir}")
+  recording = capture.record_train_steps(monkeypatch)
   finetuned = train_and_evaluate(config, finetune_dir)
   assert np.isfinite(finetuned["eval_top1"])
-  # The fine-tune stage started from the SemPPL encoder: every backbone variable matched.
+  # The fine-tune stage started from the SemPPL encoder: its first step received the
+  # pretraining checkpoint's backbone parameters and batch statistics, exactly.
+  checkpoint = checkpointing.restore_collections(pretrain_dir)
+  start = recording.states[0]
+  for collection, tree in (("params", start.params), ("batch_stats", start.batch_stats)):
+    expected = jax.tree_util.tree_leaves_with_path(checkpoint[collection]["backbone"])
+    loaded = dict(jax.tree_util.tree_leaves_with_path(tree["backbone"]))
+    assert expected and len(expected) == len(loaded), collection
+    for path, value in expected:
+      np.testing.assert_array_equal(np.asarray(loaded[path]), np.asarray(value))
+  # ... which are not what a fresh encoder holds.
   supervised = methods.get_method("supervised")(config, _info())
   init = supervised.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
-  loaded = checkpointing.load_variables_from(pretrain_dir, dict(init))
-  for collection in ("params", "batch_stats"):
-    differs = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
-                           loaded[collection]["backbone"], init[collection]["backbone"])
-    assert all(jax.tree.leaves(differs)) or collection == "batch_stats"
+  differs = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         dict(start.params["backbone"]), dict(init["params"]["backbone"]))
+  assert all(jax.tree.leaves(differs))
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                       dict(checkpoint["batch_stats"]["backbone"]),
+                       dict(init["batch_stats"]["backbone"]))
+  assert any(jax.tree.leaves(moved))  # pretraining moved the statistics: not vacuous
 
   # The linear protocol on the same pretraining: the encoder stays exactly as loaded.
   linear_dir = str(tmp_path / "linear")

@@ -21,6 +21,7 @@ from semissl.training import train_and_evaluate
 from semissl.training.setup import create_state
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
+from tests.training import capture
 
 INFO = base.DatasetInfo(num_classes=3, image_shape=(8, 8, 1), num_labelled=8,
                         num_unlabelled=16)
@@ -390,7 +391,7 @@ def _stage_config(stage, data_dir):
   return config
 
 
-def test_pipeline_end_to_end(tmp_path, tiny_fashion_dir):
+def test_pipeline_end_to_end(tmp_path, tiny_fashion_dir, monkeypatch):
   workdir = {stage: str(tmp_path / stage) for stage in simclrv2_fmnist.STAGES}
   pre_config = _stage_config("pretrain", tiny_fashion_dir)
   pre = train_and_evaluate(pre_config, workdir["pretrain"])
@@ -402,12 +403,16 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_dir):
     train_and_evaluate(fine_config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad" / "checkpoints" / "0")  # failed before training
   fine_config.init_from = workdir["pretrain"]
+  recording = capture.record_train_steps(monkeypatch)
   fine = train_and_evaluate(fine_config, workdir["finetune"])
+  # Each stage's first step starts from the previous stage's saved encoder.
+  capture.assert_started_from(recording.states[0], workdir["pretrain"])
 
   distill_config = _stage_config("distill", tiny_fashion_dir)
   distill_config.method.teacher_workdir = workdir["finetune"]
   distill_config.init_from = workdir["finetune"]
   final = train_and_evaluate(distill_config, workdir["distill"])
+  capture.assert_started_from(recording.states[0], workdir["finetune"])
   for results, stage in ((pre, "pretrain"), (fine, "finetune"), (final, "distill")):
     written = json.load(open(f"{workdir[stage]}/results.json"))["metrics"]
     assert written["step"] == 3

@@ -2,7 +2,6 @@
 bank/DA state, first-epoch gating, stop-gradients, config checks, end to end."""
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,7 @@ from semissl.training import sharding, train_and_evaluate
 from semissl.training.setup import validate_config
 from semissl.training.train_state import TrainState
 from tests.data import fake_data
+from tests.training import capture
 
 NUM_CLASSES, NUM_LABELLED, SIZE = 3, 16, 8
 B, MU = 8, 2
@@ -355,26 +355,22 @@ def test_fmnist_config_shares_split_and_variants():
 
 
 @pytest.fixture(scope="module")
-def tiny_fmnist(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tiny_fmnist")
-  rng = np.random.default_rng(5)
-  for prefix, counts in (("train", fake_data.TINY_TRAIN_COUNTS),
-                         ("t10k", fake_data.TINY_TEST_COUNTS)):
-    images, labels = fake_data.tiny_split(rng, counts)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
-    fake_data.write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels,
-                        compress=False)
-  return str(directory)
+def learnable_fmnist(tmp_path_factory):
+  return fake_data.write_fashion_mnist(tmp_path_factory.mktemp("learnable_fmnist"), seed=5,
+                                       learnable=True)
 
 
-def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
-  config = simmatch_fmnist.get_config("runlocal,labels=perclass2")
-  config.data.data_dir = tiny_fmnist
+def test_end_to_end_runlocal(learnable_fmnist, tmp_path, monkeypatch):
+  config = simmatch_fmnist.get_config("runlocal,labels=perclass2,variant=student_teacher")
+  config.data.data_dir = learnable_fmnist
   config.data.image_size = 12
-  config.model.stem_width, config.model.stage_widths = 4, (4, 8)
+  # Widths (4, 8) can pool to all-zero features: l2_normalize's gradient then blows up.
+  config.model.stem_width, config.model.stage_widths = 8, (8, 16)
   config.model.stage_strides = (1, 2)
   config.eval_every_steps = 0
+  config.ema.decay = 0.9  # the teacher moves visibly in 6 steps
   config.method.instance_warmup_epochs = 0.2  # instance terms on from step 1
+  recording = capture.record_train_steps(monkeypatch)
   results = train_and_evaluate(config, str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
   assert written["metrics"]["step"] == 6 and written["config"]["method"]["name"] == "simmatch"
@@ -383,3 +379,31 @@ def test_end_to_end_runlocal(tiny_fmnist, tmp_path):
   for key in ("train_loss", "train_loss_in", "train_loss_u", "train_loss_s"):
     assert np.isfinite(results[key]), key
   assert results["train_instance_on"] == 1.0
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  norms = [r["train_grad_norm"] for r in logged if "train_grad_norm" in r]
+  assert norms and max(norms) < 1e3, norms  # no blow-up through l2_normalize
+
+  states, batches = recording.states, recording.batches
+  assert len(states) == 6
+  capture.assert_ema_followed(states, lambda update: 0.9)  # the teacher (Eq. 11)
+  # Sec. 3.4, student-teacher variant: after a step the bank slots of its labelled
+  # images hold the teacher's l2-normalised embeddings of them (EMA params, BN on the
+  # statistics of the labelled + weak batch), recomputed here outside the method.
+  model = recording.run.method.model
+  teacher = jax.jit(lambda variables, images: model.apply(
+      variables, images, train=True, mutable=["batch_stats"])[0][1])
+  for before, after, batch in zip(states[:-1], states[1:], batches[:-1]):
+    x_l, u_w = batch["labelled"]["images"]["image"], batch["unlabelled"]["images"]["weak"]
+    embeddings = np.asarray(teacher({"params": before.target_params,
+                                     "batch_stats": before.target_batch_stats},
+                                    np.concatenate([x_l, u_w])), np.float64)[:len(x_l)]
+    embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    bank = np.asarray(after.method_state["bank"].embeddings, np.float64)
+    ids = np.asarray(batch["labelled"]["index"])
+    assert len(set(ids.tolist())) > len(ids) // 2
+    for slot in set(ids.tolist()):  # a slot written twice in one batch keeps one write
+      errors = [np.abs(bank[slot] - embeddings[i]).max() for i in np.flatnonzero(ids == slot)]
+      assert min(errors) < 1e-4, (slot, errors)
+    untouched = np.setdiff1d(np.arange(len(bank)), ids)
+    np.testing.assert_array_equal(
+        bank[untouched], np.asarray(before.method_state["bank"].embeddings)[untouched])

@@ -11,6 +11,7 @@ import pytest
 
 from configs import supervised_fmnist
 from semissl.training import train_and_evaluate
+from tests.training import capture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,8 +24,11 @@ def _config(**overrides):
   return config
 
 
-def test_runs_and_writes_results(tmp_path, capsys):
-  results = train_and_evaluate(_config(), str(tmp_path))
+def test_runs_and_writes_results(tmp_path, capsys, monkeypatch):
+  config = _config()
+  config.ema.decay = 0.9  # the runlocal 0.999 moves the target by ~1e-6 per step
+  recording = capture.record_train_steps(monkeypatch)
+  results = train_and_evaluate(config, str(tmp_path))
   written = json.load(open(tmp_path / "results.json"))
   assert written["metrics"]["step"] == 6
   assert written["config"]["method"]["name"] == "supervised"
@@ -43,6 +47,16 @@ def test_runs_and_writes_results(tmp_path, capsys):
   assert logged[-1]["eval_top1"] == results["eval_top1"]
   ids = np.loadtxt(tmp_path / "labelled_ids.txt", dtype=np.int64)
   assert len(ids) == results["num_labelled"] == 600
+  # The EMA target follows ema_t = 0.9 ema_{t-1} + 0.1 theta_t at every step.
+  states = recording.states
+  assert len(states) == 6
+  capture.assert_ema_followed(states, lambda update: 0.9)
+  # Training lowers the loss of the first batch (fixed rng: the same augmentation).
+  loss_fn = jax.jit(lambda params, state, batch: recording.run.method.loss_fn(
+      params, batch, state=state, rng=jax.random.PRNGKey(0))[0])
+  first = float(loss_fn(states[0].params, states[0], recording.batches[0]))
+  last = float(loss_fn(states[-1].params, states[0], recording.batches[0]))
+  assert last < first - 0.05, (first, last)
 
 
 def test_validation_split_metrics(tmp_path):
