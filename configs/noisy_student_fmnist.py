@@ -4,11 +4,12 @@ next student, each iteration reading the previous one's workdir.
 All iterations in one command (workdirs WORKDIR/iteration0, /iteration1, ...):
   scripts/noisy_student_pipeline.sh WORKDIR [iterations] [variants]
 or one by one:
-  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=0 --workdir=W/iteration0
-  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=1,teacher=W/iteration0 \
-      --workdir=W/iteration1
-  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=2,teacher=W/iteration1 \
-      --workdir=W/iteration2
+  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=0 \
+      --workdir=W/iteration0
+  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=1 \
+      --config.method.teacher_workdir=W/iteration0 --workdir=W/iteration1
+  python experiments/main.py --config=configs/noisy_student_fmnist.py:iteration=2 \
+      --config.method.teacher_workdir=W/iteration1 --workdir=W/iteration2
 Variants (comma-separated key=value after ':'):
   iteration=0: the teacher: configs/supervised_fmnist.py's label-only recipe (noise=True
       adds stochastic depth and trains on the RandAugment view, as the paper's noised

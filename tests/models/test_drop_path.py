@@ -122,7 +122,8 @@ def test_classifier_dropout_before_the_head():
   features, _ = backbone.apply({"params": variables["params"]["backbone"],
                                 "batch_stats": variables["batch_stats"]["backbone"]},
                                images, train=True, mutable=["batch_stats"])
-  logits, state = noisy.apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(4)},
+  logits, state = noisy.apply(variables, images, train=True,
+                              rngs={"dropout": jax.random.PRNGKey(4)},
                               mutable=["batch_stats", "intermediates"],
                               capture_intermediates=True)
   dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0], np.float64)
