@@ -102,6 +102,14 @@ ENTRIES = (
     _single("pseudo_label", "pseudolabel_fmnist"),
     _single("meta_pseudo_labels", "meta_pseudo_labels_fmnist"),
     _single("label_propagation", "label_propagation_fmnist"),
+    # Noisy Student: the label-only teacher (iteration 0), then two noised students, each
+    # on the previous iteration's soft pseudo-labels (the student becomes the teacher).
+    Entry("noisy_student (2 iterations)", (
+        Stage("configs/noisy_student_fmnist.py:labels={labels},iteration=0", 0.2),
+        Stage("configs/noisy_student_fmnist.py:labels={labels},iteration=1", 0.4,
+              extra=("--config.method.teacher_workdir={prev}",)),
+        Stage("configs/noisy_student_fmnist.py:labels={labels},iteration=2", 0.4,
+              extra=("--config.method.teacher_workdir={prev}",)))),
 )
 
 

@@ -27,7 +27,7 @@ from semissl.losses.semppl import semppl_loss
 from semissl.losses.semppl_knn import knn_pseudo_labels
 from semissl.losses.semppl_knn import sample_semantic_positives
 # --- end contrastive family ---
-# --- pseudo-label family (SimMatch, FixMatch/Semi-ViT, classic) ---
+# --- pseudo-label family (SimMatch, FixMatch/Semi-ViT, Noisy Student, classic) ---
 from semissl.losses.consistency import entropy_minimization
 from semissl.losses.consistency import interpolation_consistency_loss
 from semissl.losses.consistency import mean_teacher_loss
@@ -77,6 +77,11 @@ from semissl.losses.mixmatch import mixmatch_guess_labels
 from semissl.losses.mixmatch import mixmatch_loss
 from semissl.losses.mixmatch import mixmatch_mix
 from semissl.losses.mixmatch import mixmatch_mix_ratio
+from semissl.losses.noisy_student import class_balance_weights
+from semissl.losses.noisy_student import confidence_filter
+from semissl.losses.noisy_student import noisy_student_loss
+from semissl.losses.noisy_student import soft_pseudo_labels
+from semissl.losses.noisy_student import update_class_counts
 from semissl.losses.simmatch import init_labelled_bank
 from semissl.losses.simmatch import instance_similarity
 from semissl.losses.simmatch import LabelledBank

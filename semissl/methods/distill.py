@@ -8,7 +8,7 @@ from the latest checkpoint of `method.teacher_workdir` (every variable must be
 there: another architecture is a one-line error). It lives in `method_state`
 as {'teacher': {'params', 'batch_stats'}}, is applied in inference mode and is
 never updated; being part of the TrainState it is checkpointed, so a resumed
-run does not read the teacher workdir again.
+run does not read the teacher workdir again (`semissl.methods.teachers`).
 
 Self-distillation: the student has the teacher's encoder (without its
 projection head), temperature 0.1, and may start from the teacher through
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from semissl import losses
-from semissl.methods import base, networks, simclr
+from semissl.methods import base, networks, simclr, teachers
 
 
 @base.register
@@ -75,17 +75,12 @@ class SimCLRDistill(base.Method):
     images = example_batch["unlabelled"]["images"]["image"]
     student_rng, teacher_rng = jax.random.split(rng)
     variables = self.student.init(simclr.init_rngs(student_rng), images, train=False)
-    teacher = self.teacher.init(simclr.init_rngs(teacher_rng), images, train=False)
-    teacher = {"params": teacher["params"], "batch_stats": teacher.get("batch_stats", {})}
+    teacher = teachers.init_variables(self.teacher, simclr.init_rngs(teacher_rng), images)
     return dict(variables), {"teacher": teacher}
 
   def load_method_state(self, method_state, *, load_variables):
-    workdir = self.option("teacher_workdir")
-    try:
-      teacher = load_variables(workdir, method_state["teacher"], require_all=True)
-    except ValueError as error:
-      raise ValueError(f"method.teacher_workdir: {error}") from None
-    return dict(method_state, teacher=teacher)
+    return teachers.load(method_state, load_variables=load_variables,
+                         workdir=self.option("teacher_workdir"))
 
   def loss_fn(self, params, batch, *, state, rng):
     unlabelled = batch["unlabelled"]

@@ -13,10 +13,12 @@ from semissl import models
 from semissl.methods import base, networks
 
 
-def build_classifier(config, num_classes: int):
-  """Backbone from `config.model` (name + kwargs) with a linear classifier."""
-  return models.Classifier(backbone=networks.build_backbone(config.model),
-                           num_classes=num_classes)
+def build_classifier(config, num_classes: int, *, model_config=None,
+                     dropout_rate: float = 0.0):
+  """Backbone from `config.model` (name + kwargs; or `model_config`) with a linear
+  classifier, `dropout_rate` on its input in train mode."""
+  return models.Classifier(backbone=networks.build_backbone(model_config or config.model),
+                           num_classes=num_classes, dropout_rate=dropout_rate)
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:

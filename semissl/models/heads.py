@@ -144,14 +144,19 @@ class Classifier(nn.Module):
   Attributes:
     backbone: any backbone following `__call__(x, *, train) -> [B, D]`.
     num_classes: number of logits K.
+    dropout_rate: dropout on the features before the classifier in train mode
+      (Noisy Student: 0.5); > 0 needs the 'dropout' rng when train=True.
   """
 
   backbone: nn.Module
   num_classes: int
+  dropout_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     features = self.backbone(x, train=train)
+    if self.dropout_rate > 0.0:
+      features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     return LinearClassifier(self.num_classes, name="head")(
         features, train=train
     )

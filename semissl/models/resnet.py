@@ -46,6 +46,25 @@ SK_FLAVOURS = ("semppl", "simclrv2")
 CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def drop_path(y: jax.Array, *, rate: float, deterministic: bool) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016) on a residual branch y [B, H, W, C]: the
+  whole branch of each example is zeroed with probability `rate` and the kept ones
+  scaled by 1 / (1 - rate) (the expectation of eval mode's identity, as ViT's
+  drop_path). Draws from the 'dropout' rng; identity when deterministic or rate 0."""
+  if rate == 0.0 or deterministic:
+    return y
+  return nn.Dropout(rate, broadcast_dims=tuple(range(1, y.ndim)),
+                    deterministic=False, name="drop_path")(y)
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+  """Huang et al.'s linear decay of survival with depth: block l of L (1-based) is
+  dropped with probability rate * l / L, the last with `rate`."""
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"drop_path_rate={rate} must be in [0, 1).")
+  return [rate * (index + 1) / num_blocks for index in range(num_blocks)]
+
+
 def _projection_shortcut(
     x: jax.Array,
     *,
@@ -80,6 +99,10 @@ class BasicBlock(nn.Module):
     zero_init_last_bn: initialise the last BN scale at zero (block starts as
       identity).
     avg_pool_shortcut: ResNet-D projection shortcut.
+    drop_path_rate: stochastic depth: probability of dropping the residual
+      branch, per example (`drop_path`).
+    deterministic: no drop (eval mode); a field, not a call argument, so that
+      `nn.remat` blocks still take only x.
   """
 
   filters: int
@@ -88,6 +111,8 @@ class BasicBlock(nn.Module):
   strides: int = 1
   zero_init_last_bn: bool = True
   avg_pool_shortcut: bool = False
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -112,6 +137,7 @@ class BasicBlock(nn.Module):
           conv=self.conv,
           norm=self.norm,
       )
+    y = drop_path(y, rate=self.drop_path_rate, deterministic=self.deterministic)
     return nn.relu(y + shortcut)
 
 
@@ -129,6 +155,9 @@ class BottleneckBlock(nn.Module):
     sk_ratio: SimCLRv2 SK fuse ratio.
     sk_groups: SemPPL SK convolution groups.
     avg_pool_shortcut: ResNet-D projection shortcut.
+    drop_path_rate: stochastic depth: probability of dropping the residual
+      branch, per example (`drop_path`).
+    deterministic: no drop (eval mode); a field, so `nn.remat` blocks take only x.
   """
 
   filters: int
@@ -141,6 +170,8 @@ class BottleneckBlock(nn.Module):
   sk_groups: int = 32
   avg_pool_shortcut: bool = False
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -191,6 +222,7 @@ class BottleneckBlock(nn.Module):
           conv=self.conv,
           norm=self.norm,
       )
+    y = drop_path(y, rate=self.drop_path_rate, deterministic=self.deterministic)
     return nn.relu(y + shortcut)
 
 
@@ -213,6 +245,9 @@ class ResNet(nn.Module):
     remat: rematerialise each block in the backward pass (`nn.remat`): only the
       blocks' inputs are kept for the gradient, the rest is recomputed (about a
       third more FLOPs per step for a fraction of the activation memory).
+    drop_path_rate: stochastic depth of the last block; block l of L drops its
+      residual branch with rate * l / L per example (`drop_path_rates`). Needs
+      the 'dropout' rng when train=True and the rate is > 0.
   """
 
   depth: int = 50
@@ -227,6 +262,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   remat: bool = False
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -278,10 +314,12 @@ class ResNet(nn.Module):
 
     stage_sizes = self.stage_sizes or STAGE_SIZES[self.depth]
     bottleneck_block, basic_block = BottleneckBlock, BasicBlock
-    if self.remat:  # the blocks take only x: `train` is bound in `norm`
+    if self.remat:  # the blocks take only x: `train` is bound in `norm` and a field
       bottleneck_block, basic_block = nn.remat(BottleneckBlock), nn.remat(BasicBlock)
+    rates = iter(drop_path_rates(self.drop_path_rate, sum(stage_sizes)))
     for stage, num_blocks in enumerate(stage_sizes):
       for block in range(num_blocks):
+        noise = dict(drop_path_rate=next(rates), deterministic=not train)
         strides = 2 if stage > 0 and block == 0 else 1
         name = f"stage{stage + 1}_block{block + 1}"
         filters = width * 2**stage
@@ -298,6 +336,7 @@ class ResNet(nn.Module):
               avg_pool_shortcut=resnet_d,
               dtype=self.dtype,
               name=name,
+              **noise,
           )(x)
         else:
           x = basic_block(
@@ -308,5 +347,6 @@ class ResNet(nn.Module):
               zero_init_last_bn=self.zero_init_last_bn,
               avg_pool_shortcut=resnet_d,
               name=name,
+              **noise,
           )(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

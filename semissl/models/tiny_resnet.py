@@ -36,6 +36,9 @@ class TinyResNet(nn.Module):
     bn_momentum: BatchNorm running-average momentum (flax convention).
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
+    drop_path_rate: stochastic depth of the last block; block l of L drops its
+      residual branch with rate * l / L per example (`resnet.drop_path_rates`).
+      Needs the 'dropout' rng when train=True and the rate is > 0.
   """
 
   stem_width: int = 32
@@ -47,6 +50,7 @@ class TinyResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -73,6 +77,8 @@ class TinyResNet(nn.Module):
           f"stage_strides {self.stage_strides} and stage_widths"
           f" {self.stage_widths} must have the same length."
       )
+    rates = iter(resnet.drop_path_rates(
+        self.drop_path_rate, len(self.stage_widths) * self.blocks_per_stage))
     stages = enumerate(zip(self.stage_widths, self.stage_strides))
     for stage, (width, stage_stride) in stages:
       for block in range(self.blocks_per_stage):
@@ -82,6 +88,8 @@ class TinyResNet(nn.Module):
             norm=norm,
             strides=stage_stride if block == 0 else 1,
             zero_init_last_bn=self.zero_init_last_bn,
+            drop_path_rate=next(rates),
+            deterministic=not train,
             name=f"stage{stage + 1}_block{block + 1}",
         )(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

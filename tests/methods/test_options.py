@@ -35,6 +35,8 @@ CONFIG_VARIANTS = {
     "uda_fmnist": ["", "runlocal"],
     "meta_pseudo_labels_fmnist": ["", "runlocal"],
     "label_propagation_fmnist": ["", "runlocal"],
+    "noisy_student_fmnist": ["", "iteration=0,noise=True", "iteration=1,teacher=/w",
+                             "iteration=2,teacher=/w,growth=2", "iteration=1,runlocal"],
     "vat_fmnist": ["", "entmin=True,finite_difference=True", "runlocal"],
     "semppl_fmnist": ["", "runlocal,small=2", "stage=finetune,init_from=/w",
                       "stage=finetune,init_from=/w,labels=40", "stage=scratch",

@@ -89,6 +89,15 @@ CASES = {
     # dominated by rounding and differs between any two compilations of the same
     # step (per-example cosine 0.33 between the 1- and 8-device directions here);
     # at xi = 0.1 it is well conditioned (cosine 0.9999999).
+    # The fixed teacher stays at its init (as simclr_distill's); running class counts
+    # over the global batch. Noise off (dropout_rate and drop_path_rate 0): the masks
+    # are drawn per row of the student's labelled + strong batch, whose row order
+    # (networks.concat_examples: each device's rows together) depends on the device
+    # count, so with noise on 8 devices give other examples other masks than 1 (a
+    # different, equally valid draw: seen here as ~2e-4 differences in the BN biases).
+    "noisy_student": ("noisy_student", (("image",), ("weak", "strong")),
+                      {**CLASSIC, "teacher_workdir": "unused", "threshold": 0.0,
+                       "dropout_rate": 0.0}),
     # Two networks; the teacher's gradient runs through the student's one-step update.
     "meta_pseudo_labels": ("meta_pseudo_labels", (("image",), ("weak", "strong")),
                            {**CLASSIC, "threshold": 0.0, "inner_lr": 0.1}),

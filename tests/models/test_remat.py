@@ -18,6 +18,9 @@ CASES = {
     "bottleneck": (functools.partial(models.ResNet, depth=50, stage_sizes=(1, 1),
                                      cifar_stem=True, zero_init_last_bn=False),
                    (2, 8, 8, 3), 2),
+    "basic_drop_path": (functools.partial(models.ResNet, depth=18, stage_sizes=(1, 1),
+                                          cifar_stem=True, zero_init_last_bn=False,
+                                          drop_path_rate=0.5), (4, 8, 8, 3), 2),
     "vit_drop_path": (functools.partial(models.ViT, width=16, depth=3, num_heads=2,
                                         patch_size=4, drop_path_rate=0.5),
                       (4, 8, 8, 3), 3),
@@ -52,7 +55,7 @@ def test_remat_is_the_same_function(name):
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
                remat_grads, grads)
   assert float(jnp.abs(jax.tree.leaves(grads)[0]).sum()) > 0
-  if name == "vit_drop_path":  # the dropout rng reaches the rematerialised blocks
+  if name.endswith("drop_path"):  # the dropout rng reaches the rematerialised blocks
     (other, _), _ = _loss_and_grads(remat, variables, images, jax.random.PRNGKey(3))
     assert not np.isclose(float(other), float(remat_loss))
 
