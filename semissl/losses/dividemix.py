@@ -175,3 +175,37 @@ def dividemix_loss(*, labelled_logits: jax.Array, labelled_targets: jax.Array,
   loss = supervised + unlabelled_weight * unsupervised + regularisation_weight * regulariser
   return loss, {"supervised_loss": supervised, "unsupervised_loss": unsupervised,
                 "regulariser": regulariser}
+
+
+def dividemix_masked_loss(*, logits: jax.Array, targets: jax.Array,
+                          clean_mask: jax.Array, unlabelled_weight: float,
+                          regularisation_weight: float = 1.0,
+                          prior: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+  """`dividemix_loss` on one mixed batch whose rows are X' (clean_mask 1) or U' (0):
+  L_X is the soft-target CE averaged over the X' rows, L_U the squared error (mean
+  over classes) averaged over the U' rows (each 0 when it has no row), L_reg over
+  all rows (Eq. 7-10).
+
+  Args:
+    logits: [N, C] logits of the mixed batch.
+    targets: [N, C] mixed targets.
+    clean_mask: [N] 1 for rows of the labelled (clean) division, 0 for unlabelled.
+    unlabelled_weight: lambda_u.
+    regularisation_weight: lambda_r.
+    prior: [C] pi (default uniform).
+
+  Returns:
+    (loss, extras) with 'supervised_loss', 'unsupervised_loss', 'regulariser'.
+  """
+  clean = jnp.asarray(clean_mask, jnp.float32)
+  targets = jax.lax.stop_gradient(targets)
+  supervised = common.reduce_loss(
+      per_example=common.cross_entropy_with_probs(logits=logits, target_probs=targets),
+      reduction="masked_mean", mask=clean)
+  squared = jnp.mean(jnp.square(targets - jax.nn.softmax(logits, axis=-1)), axis=-1)
+  unsupervised = common.reduce_loss(per_example=squared, reduction="masked_mean",
+                                    mask=1.0 - clean)
+  regulariser = prior_regulariser(logits=logits, prior=prior)
+  loss = supervised + unlabelled_weight * unsupervised + regularisation_weight * regulariser
+  return loss, {"supervised_loss": supervised, "unsupervised_loss": unsupervised,
+                "regulariser": regulariser}

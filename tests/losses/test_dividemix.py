@@ -166,3 +166,28 @@ def test_negative_entropy():
   np.testing.assert_allclose(
       float(dividemix.negative_entropy(logits=jnp.asarray(logits, jnp.float32))),
       np.mean(np.sum(p * np.log(p), -1)), rtol=1e-5)
+
+
+def test_masked_loss_equals_the_split_loss():
+  """Rows marked clean are X', the others U': the same value as `dividemix_loss` on
+  the two parts (and as the NumPy Eq. 7-10), whatever the row order."""
+  c = 5
+  logits, targets = rand(12, (10, c), 2.0), np_softmax(rand(13, (10, c), 3.0))
+  clean = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 0], bool)
+  expected, parts = np_dividemix_loss(logits[clean], targets[clean], logits[~clean],
+                                      targets[~clean], 3.0, 0.5)
+  loss, extras = dividemix.dividemix_masked_loss(
+      logits=jnp.asarray(logits, jnp.float32), targets=jnp.asarray(targets),
+      clean_mask=jnp.asarray(clean), unlabelled_weight=3.0, regularisation_weight=0.5)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      [float(extras[k]) for k in ("supervised_loss", "unsupervised_loss", "regulariser")],
+      parts, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_loss_with_no_unlabelled_row_has_no_l_u():
+  logits, targets = rand(14, (4, 3)), np_softmax(rand(15, (4, 3)))
+  _, extras = dividemix.dividemix_masked_loss(
+      logits=jnp.asarray(logits, jnp.float32), targets=jnp.asarray(targets),
+      clean_mask=jnp.ones(4), unlabelled_weight=1.0)
+  assert float(extras["unsupervised_loss"]) == 0.0
