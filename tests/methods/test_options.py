@@ -35,6 +35,7 @@ CONFIG_VARIANTS = {
     "uda_fmnist": ["", "runlocal"],
     "meta_pseudo_labels_fmnist": ["", "runlocal"],
     "label_propagation_fmnist": ["", "runlocal"],
+    "dividemix_fmnist": ["", "noise=0.2", "runlocal"],
     "vat_fmnist": ["", "entmin=True,finite_difference=True", "runlocal"],
     "semppl_fmnist": ["", "runlocal,small=2", "stage=finetune,init_from=/w",
                       "stage=finetune,init_from=/w,labels=40", "stage=scratch",
