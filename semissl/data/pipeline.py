@@ -16,6 +16,15 @@ With `data.unlabelled_dataset` (an image folder without classes or a TFDS split;
 source's train split then gives the validation split and the labelled subset only
 (`labelled_in_unlabelled` does not apply), and `<workdir>/unlabelled_source.json`
 records which images it read, so a resume with other images is refused.
+
+With `data.label_noise` = r > 0 (DivideMix's evaluation setting), round(r * n) of
+the n labelled examples, seeded by `data.label_noise_seed`, get a label drawn
+uniformly from all classes, the true class included (`splits.symmetric_label_noise`,
+as DivideMix's code), so about r * (K - 1) / K of the labels are wrong. Everything
+that trains or monitors on the labelled set sees the noisy labels (the labelled
+stream's 'label', `labelled_labels`, `labelled_eval_iter`); the clean label stays
+in the labelled batches as 'true_label' (telemetry only) and the validation, test
+and unlabelled-stream labels are never noised. r = 0 changes nothing.
 """
 from __future__ import annotations
 
@@ -49,6 +58,10 @@ _DEFAULTS = {
     "split_seed": 0,
     "validation_size": 0,  # train images held out for validation (stratified); 0: off.
     "labelled_in_unlabelled": True,
+  # Symmetric label noise: fraction r of the labelled examples relabelled uniformly
+  # over all classes (true class included), seeded by label_noise_seed; 0: clean.
+  "label_noise": 0.0,
+  "label_noise_seed": 0,
     # Unlabelled images from their own source: 'folder:<root>' (no classes, any depth)
     # or '<tfds name>:<split>'; None: the labelled source's train split (see above).
     "unlabelled_dataset": None,
@@ -100,7 +113,10 @@ class DataInfo:
 @dataclasses.dataclass(frozen=True)
 class _StreamParts:
   """What the tf.data streams are built from (internal to `Input`)."""
-  train_labels: np.ndarray
+  train_labels: np.ndarray  # clean labels of the train split
+  # Labels the learner sees for the labelled ids (data.label_noise); is train_labels
+  # when there is no noise.
+  noisy_train_labels: np.ndarray
   eval_labels: np.ndarray
   train_source: streams.ImageSource
   eval_source: streams.ImageSource
@@ -135,7 +151,13 @@ class Input:
 
   @property
   def labelled_labels(self) -> np.ndarray:
-    """int32 label of each labelled example, in `labelled_ids` order (= 'index')."""
+    """int32 label of each labelled example, in `labelled_ids` order (= 'index'); the
+    noisy label under `data.label_noise`."""
+    return np.asarray(self._parts.noisy_train_labels, np.int32)[self.labelled_ids]
+
+  @property
+  def labelled_true_labels(self) -> np.ndarray:
+    """int32 clean label of each labelled example (telemetry only), as `labelled_labels`."""
     return np.asarray(self._parts.train_labels, np.int32)[self.labelled_ids]
 
   def train_dataset(self, start_step: int | None = None) -> tf.data.Dataset:
@@ -146,11 +168,13 @@ class Input:
     parts = {}
     if p.labelled_views:
       parts["labelled"] = streams.example_stream(
-          ids=self.labelled_ids, labels=p.train_labels, source=p.train_source,
+          ids=self.labelled_ids, labels=p.noisy_train_labels, source=p.train_source,
           views_fn=self._views_fn(p.labelled_views),
           global_batch=self.local_batch_size * p.process_count,
           local_batch=self.local_batch_size, stream_id=streams.LABELLED_STREAM,
-          label_key="label", **common)
+          label_key="label",
+          true_labels=(None if p.noisy_train_labels is p.train_labels
+                       else p.train_labels), **common)
     if p.unlabelled_views:
       parts["unlabelled"] = streams.example_stream(
           ids=self.unlabelled_ids, labels=p.unlabelled_labels,
@@ -169,6 +193,8 @@ class Input:
     'label': int32 [b], 'id': int64 [b], 'index': int32 [b]}, 'unlabelled':
     {'images': {view: ...}, 'id': int64 [mu*b], 'index': int32 [mu*b],
     'true_label': int32 [mu*b]}}`; a part is absent when its views are empty.
+    Under `data.label_noise` > 0 the labelled 'label' is the noisy one and the
+    labelled part also has the clean 'true_label' (int32 [b]).
     'index' is the example's position in `labelled_ids` / `unlabelled_ids` (for
     the labelled stream: its memory-bank slot; with `data.unlabelled_dataset` the
     unlabelled 'id' and 'index' are both the example's id in that source, 0..N-1).
@@ -194,8 +220,8 @@ class Input:
   def labelled_eval_iter(self) -> Iterator[dict[str, Any]]:
     """One pass over the labelled train images with the eval view, batched like
     `eval_iter` (the k-NN monitor's bank, linear evaluation's train set); 'id' is
-    the position in `labelled_ids`."""
-    return self._train_eval_iter(self.labelled_ids)
+    the position in `labelled_ids`; 'label' is the noisy one under `data.label_noise`."""
+    return self._train_eval_iter(self.labelled_ids, labels=self._parts.noisy_train_labels)
 
   def unlabelled_eval_iter(self) -> Iterator[dict[str, Any]]:
     """One pass over the unlabelled stream's images in slot order (`unlabelled_ids`)
@@ -233,13 +259,15 @@ class Input:
     in `validation_ids`."""
     if not len(self.validation_ids):
       raise ValueError("There is no validation split; set data.validation_size > 0.")
-    return self._train_eval_iter(self.validation_ids)
+    return self._train_eval_iter(self.validation_ids, labels=self._parts.train_labels)
 
-  def _train_eval_iter(self, ids: np.ndarray) -> Iterator[dict[str, Any]]:
-    """Eval-view batches of the train images `ids` (as `eval_stream`)."""
+  def _train_eval_iter(self, ids: np.ndarray, *,
+                       labels: np.ndarray) -> Iterator[dict[str, Any]]:
+    """Eval-view batches of the train images `ids` (as `eval_stream`), 'label' from
+    `labels` (indexed by train id)."""
     p = self._parts
     dataset = streams.eval_stream(
-        labels=p.train_labels[ids], ids=ids, source=p.train_source,
+        labels=labels[ids], ids=ids, source=p.train_source,
         views_fn=self._views_fn({"image": p.eval_view}),
         global_batch=self.local_eval_batch_size * p.process_count,
         local_batch=self.local_eval_batch_size, process_index=p.process_index)
@@ -336,8 +364,14 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
       num_unlabelled=len(unlabelled_ids),
       num_eval=len(source.eval), num_validation=len(validation_ids),
       class_names=source.class_names, mean=mean, std=std)
+  noisy_train_labels = source.train.labels
+  if float(cfg["label_noise"]) > 0:
+    noisy_train_labels = splits.symmetric_label_noise(
+        labels=source.train.labels, ids=labelled_ids, fraction=float(cfg["label_noise"]),
+        seed=int(cfg["label_noise_seed"]), num_classes=source.num_classes)
   parts = _StreamParts(
-      train_labels=source.train.labels, eval_labels=source.eval.labels,
+      train_labels=source.train.labels, noisy_train_labels=noisy_train_labels,
+      eval_labels=source.eval.labels,
       train_source=train_source, eval_source=eval_source,
       unlabelled_labels=source.train.labels if extra is None else extra.examples.labels,
       unlabelled_source=unlabelled_source,
@@ -410,6 +444,14 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
     raise ValueError(
         f"Set exactly one of data.label_fraction, data.labels_per_class and "
         f"data.labelled_ids_file (set: {chosen or 'none'}); set the others to None.")
+  noise = cfg["label_noise"]
+  if (isinstance(noise, bool) or not isinstance(noise, (int, float))
+      or not 0.0 <= noise <= 1.0):
+    raise ValueError(f"data.label_noise={noise!r} must be a fraction in [0, 1] "
+                     "(0: clean labels).")
+  if isinstance(cfg["label_noise_seed"], bool) or not isinstance(
+      cfg["label_noise_seed"], (int, np.integer)):
+    raise ValueError(f"data.label_noise_seed={cfg['label_noise_seed']!r} must be an int.")
   fraction = cfg["label_fraction"]
   if fraction is not None and not 0.0 < fraction <= 1.0:
     raise ValueError(f"data.label_fraction={fraction} is outside (0, 1]; use e.g. "

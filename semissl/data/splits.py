@@ -9,6 +9,9 @@ An optional validation split (`data.validation_size`) is held out of the trainin
 split first (`choose_validation_ids`: stratified, seeded by (split_seed, class, a
 validation tag), so it does not depend on the label settings); the labelled subset is
 then drawn from the remaining ids, and neither training stream ever shows a held-out id.
+
+Symmetric label noise (`data.label_noise`, DivideMix's setting; `symmetric_label_noise`)
+relabels a seeded fraction of the labelled ids after the splits are drawn.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ VALIDATION_IDS_FILENAME = "validation_ids.txt"
 # Third seed word of the validation generators: theirs is (seed, class, tag), the
 # labelled subset's (seed, class), so the two draws are independent.
 _VALIDATION_SEED_TAG = 0x76616C  # 'val'
+# Second seed word of the label-noise generator (seed, tag).
+_NOISE_SEED_TAG = 0x6E6F6973  # 'nois'
 
 
 def labelled_count(*, label_fraction: float, class_size: int) -> int:
@@ -143,6 +148,35 @@ def choose_labelled_ids(*, labels: np.ndarray, seed: int,
           "or the number of labels.")
     chosen.append(order[:count])
   return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def symmetric_label_noise(*, labels: np.ndarray, ids: np.ndarray, fraction: float,
+                          seed: int, num_classes: int) -> np.ndarray:
+  """Labels with symmetric noise: a copy of `labels` in which round(fraction * len(ids))
+  of `ids`, chosen by a generator seeded with (seed, a noise tag), get a label drawn
+  uniformly from all `num_classes` classes, the true one included (as DivideMix's
+  code does for 'sym' noise), so about fraction * (K - 1) / K of them change.
+  Ids outside `ids` keep their label; fraction 0 returns an unchanged copy.
+
+  Args:
+    labels: int [N] clean labels of the split; example id = index.
+    ids: int ids that may be relabelled (the labelled subset).
+    fraction: r in [0, 1], the fraction of `ids` relabelled.
+    seed: noise seed (`data.label_noise_seed`), independent of the split seed.
+    num_classes: K; new labels are drawn from 0..K-1.
+  """
+  if isinstance(fraction, bool) or not 0.0 <= float(fraction) <= 1.0:
+    raise ValueError(f"data.label_noise={fraction!r} must be a fraction in [0, 1] "
+                     "(0: clean labels).")
+  noisy = np.array(labels, copy=True)
+  ids = np.asarray(ids, np.int64)
+  count = int(math.floor(float(fraction) * len(ids) + 0.5))
+  if count == 0:
+    return noisy
+  rng = np.random.default_rng([int(seed) % 2**63, _NOISE_SEED_TAG])
+  chosen = rng.permutation(ids)[:count]
+  noisy[chosen] = rng.integers(0, int(num_classes), size=count).astype(noisy.dtype)
+  return noisy
 
 
 def unlabelled_ids(*, num_examples: int, labelled_ids: np.ndarray,

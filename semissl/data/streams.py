@@ -120,7 +120,8 @@ def global_position(local_index: tf.Tensor, *, local_batch: int, global_batch: i
 def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
                    views_fn: ViewsFn, global_batch: int, local_batch: int,
                    process_index: int, seed: int, stream_id: int, start_step: int,
-                   label_key: str | None) -> tf.data.Dataset:
+                   label_key: str | None,
+                   true_labels: np.ndarray | None = None) -> tf.data.Dataset:
   """Infinite stream of this process's batches `{'images', label_key, 'id', 'index'}`.
 
   Args:
@@ -136,10 +137,13 @@ def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
     start_step: first global step to produce.
     label_key: 'label' (labelled), 'true_label' (hidden, unlabelled stream) or None
       (no label in the batches: an unlabelled source without known labels).
+    true_labels: if given (labels under `data.label_noise`), the clean labels of the
+      whole split, indexed by example id, added as 'true_label' (telemetry only).
   """
   num_ids = len(ids)
   ids_tensor = tf.constant(ids, tf.int64)
   labels_tensor = tf.constant(labels, tf.int64)
+  true_labels_tensor = None if true_labels is None else tf.constant(true_labels, tf.int64)
   base_seed = tf.constant([int(seed) % 2**63, stream_id], tf.int64)
   fold_in = tf.random.experimental.stateless_fold_in
   permutation_seed = fold_in(base_seed, _PERMUTATION)
@@ -163,6 +167,8 @@ def example_stream(*, ids: np.ndarray, labels: np.ndarray, source: ImageSource,
     }
     if label_key is not None:
       element[label_key] = tf.cast(tf.gather(labels_tensor, example_id), tf.int32)
+    if true_labels_tensor is not None:
+      element["true_label"] = tf.cast(tf.gather(true_labels_tensor, example_id), tf.int32)
     return element
 
   dataset = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)

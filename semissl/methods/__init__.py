@@ -4,7 +4,7 @@ from semissl.methods import simclr, distill  # noqa: F401  (registers)
 from semissl.methods import semppl  # noqa: F401  (registers)
 from semissl.methods import simmatch, fixmatch  # noqa: F401  (registers)
 from semissl.methods import ict, mean_teacher, mixmatch, pi_model  # noqa: F401  (registers)
-from semissl.methods import label_propagation, meta_pseudo_labels  # noqa: F401  (registers)
+from semissl.methods import dividemix, label_propagation, meta_pseudo_labels  # noqa: F401  (registers)
 from semissl.methods import noisy_student  # noqa: F401  (registers)
 from semissl.methods import pseudo_label, temporal_ensembling, uda, vat  # noqa: F401  (registers)
 from semissl.methods.base import (DatasetInfo, Method, StepAux, check_option_keys,

@@ -17,6 +17,9 @@
   the whole training set (`EpochFeatures`, training/epoch_pass.py) and replaces the
   method state with `epoch_update(method_state, epoch=..., features=...)` (e.g.
   Label Propagation's pseudo-labels); the result is checkpointed with the state.
+  A method may collect other per-example outputs than the features
+  (`epoch_pass_features`, e.g. DivideMix's logits of both networks) and skip a part
+  of the training set (`epoch_pass_parts`).
 """
 from __future__ import annotations
 
@@ -50,7 +53,9 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class EpochFeatures:
   """What an epoch pass gives `Method.epoch_update` (host NumPy arrays, every process
-  the same): eval-mode encoder features (`eval_features`, online weights)."""
+  the same): eval-mode per-example outputs of the online weights
+  (`Method.epoch_pass_features`, by default the encoder features `eval_features`); a
+  part not in `Method.epoch_pass_parts` has 0 rows."""
   unlabelled: np.ndarray  # float32 [num_unlabelled, D], row = slot (batch 'index')
   labelled: np.ndarray  # float32 [num_labelled, D], row = labelled slot
   labelled_labels: np.ndarray  # int32 [num_labelled]
@@ -85,6 +90,9 @@ class Method:
   has_classifier: bool = True
   # True: the train loop runs an epoch pass (`epoch_update`) at each due epoch start.
   needs_epoch_pass: bool = False
+  # The parts of the training set the epoch pass runs over ('unlabelled': the
+  # unlabelled stream's images, 'labelled': the labelled ones).
+  epoch_pass_parts: tuple[str, ...] = ("unlabelled", "labelled")
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo, *,
                mesh: jax.sharding.Mesh | None = None):
@@ -156,6 +164,11 @@ class Method:
     """Whether the epoch pass runs at the start of `epoch` (0-based; default: every
     epoch when `needs_epoch_pass`)."""
     return self.needs_epoch_pass
+
+  def epoch_pass_features(self, variables: PyTree, images: jax.Array) -> jax.Array:
+    """The per-example outputs [B, D] the epoch pass collects (`EpochFeatures`), eval
+    mode, online `variables`; default: `eval_features`."""
+    return self.eval_features(variables, images)
 
   def epoch_update(self, method_state: PyTree, *, epoch: int,
                    features: EpochFeatures) -> PyTree:

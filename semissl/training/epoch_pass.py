@@ -3,10 +3,11 @@
 The one train loop calls `EpochPass.maybe_update(state, step)` before every train
 step. At the start of an epoch (`step` a multiple of the micro-steps per epoch,
 `info.steps_per_epoch` x `grad_accum_steps`) for which `method.epoch_pass_due(epoch)`,
-it runs the online eval-mode encoder (`method.eval_features`) over the unlabelled
-stream's images in slot order (`data.unlabelled_eval_iter()`) and the labelled
-images (`data.labelled_eval_iter()`), and replaces the method state with
-`method.epoch_update(...)`, placed in its shardings.
+it runs the online eval-mode encoder (`method.epoch_pass_features`, by default
+`eval_features`) over the unlabelled stream's images in slot order
+(`data.unlabelled_eval_iter()`) and the labelled images (`data.labelled_eval_iter()`;
+each only if named in `method.epoch_pass_parts`), and replaces the method state
+with `method.epoch_update(...)`, placed in its shardings.
 
 Resume is exact: a checkpoint at an epoch boundary is written after that step and
 before the next loop iteration's update, so a resumed run (at the same step, with
@@ -27,11 +28,12 @@ from semissl.training import sharding
 
 
 def make_feature_fn(method, *, mesh: jax.sharding.Mesh, state_shardings: Any):
-  """Jitted `(state, eval batch) -> {'features', 'id', 'mask'}` of the online weights,
-  replicated (every process reads them whole)."""
+  """Jitted `(state, eval batch) -> {'features', 'id', 'mask'}` of the online weights
+  (`method.epoch_pass_features`), replicated (every process reads them whole)."""
 
   def features(state, batch):
-    return {"features": method.eval_features(state.variables, batch["images"]["image"]),
+    return {"features": method.epoch_pass_features(state.variables,
+                                                   batch["images"]["image"]),
             "id": batch["id"], "mask": batch["mask"]}
 
   return jax.jit(features, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -55,12 +57,22 @@ def features_in_order(feature_fn, state, batches: Iterable[dict], mesh, *,
   return out
 
 
-def epoch_features(feature_fn, state, data, mesh) -> EpochFeatures:
-  """`EpochFeatures` of the whole training set with `state`'s online encoder."""
-  unlabelled = features_in_order(feature_fn, state, data.unlabelled_eval_iter(), mesh,
-                                 num_examples=data.info.num_unlabelled)
-  labelled = features_in_order(feature_fn, state, data.labelled_eval_iter(), mesh,
-                               num_examples=data.info.num_labelled)
+def epoch_features(feature_fn, state, data, mesh, *,
+                   parts=("unlabelled", "labelled")) -> EpochFeatures:
+  """`EpochFeatures` of the whole training set with `state`'s online encoder; a part
+  not in `parts` gets 0 rows."""
+  out = {}
+  for part, batches, count in (
+      ("unlabelled", data.unlabelled_eval_iter, data.info.num_unlabelled),
+      ("labelled", data.labelled_eval_iter, data.info.num_labelled)):
+    if part in parts:
+      out[part] = features_in_order(feature_fn, state, batches(), mesh, num_examples=count)
+  if not out:
+    raise ValueError(f"epoch_pass_parts={tuple(parts)} names no part; use 'unlabelled' "
+                     "and/or 'labelled'.")
+  width = next(iter(out.values())).shape[-1]
+  unlabelled = out.get("unlabelled", np.zeros((0, width), np.float32))
+  labelled = out.get("labelled", np.zeros((0, width), np.float32))
   return EpochFeatures(unlabelled=unlabelled, labelled=labelled,
                        labelled_labels=np.asarray(data.labelled_labels, np.int32),
                        labelled_slots=np.asarray(data.labelled_unlabelled_slots, np.int64))
@@ -84,7 +96,8 @@ class EpochPass:
     if not self.method.epoch_pass_due(epoch):
       return state
     start = time.time()
-    features = epoch_features(self.feature_fn, state, self.data, self.mesh)
+    features = epoch_features(self.feature_fn, state, self.data, self.mesh,
+                              parts=self.method.epoch_pass_parts)
     method_state = self.method.epoch_update(state.method_state, epoch=epoch,
                                             features=features)
     method_state = jax.device_put(method_state, self.method_shardings)

@@ -114,6 +114,11 @@ CASES = {
     # an epoch update (its k-NN ring search on the run's mesh) before the first step.
     "label_propagation": ("label_propagation", (("image",), ("image",)),
                           {**CLASSIC, "k": 5, "block_size": 4, "warmup_epochs": 0}),
+    # Two networks; the divisions come from an epoch update (GMMs on the per-example
+    # losses of the epoch features, read as both networks' logits: 6 = 2 x 3 classes);
+    # the MixUp permutation pairs rows across devices.
+    "dividemix": ("dividemix", (("augment0", "augment1"), ()),
+                  {**CLASSIC, "warmup_epochs": 0}),
 }
 
 
@@ -205,7 +210,7 @@ def _train_two_steps(case, initial_state, devices):
 # Mixup partners drawn from the whole global batch move images between devices by
 # design (MixMatch, ICT, Semi-ViT's pseudo mixup); every other step keeps each
 # device's images on it (networks.concat_examples).
-MIXES_ACROSS_DEVICES = {"mixmatch", "ict", "emateacher_pseudo_mixup"}
+MIXES_ACROSS_DEVICES = {"mixmatch", "ict", "emateacher_pseudo_mixup", "dividemix"}
 _MOVES = re.compile(r"= \S+ (all-gather|all-to-all|collective-permute)(-start)?\(")
 _IMAGES = re.compile(r"\[\d+,(?:%d|6),(?:%d|6),1\]" % (SIZE, SIZE))
 
