@@ -118,13 +118,9 @@ class LabelPropagation(ssc.SemiSupervisedClassifier):
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
-    num_labelled = labelled["label"].shape[0]
-    logits, batch_stats = self.apply_train(
+    (labelled_logits, unlabelled_logits), batch_stats = self.apply_train_parts(
         params, state.batch_stats,
-        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["image"]]),
-        rng=rng)
-    labelled_logits, unlabelled_logits = self.split_examples(
-        logits, (num_labelled, logits.shape[0] - num_labelled))
+        [labelled["images"]["image"], unlabelled["images"]["image"]], rng=rng)
 
     store = state.method_state
     slots = unlabelled["index"].astype(jnp.int32)

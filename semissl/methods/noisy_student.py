@@ -83,13 +83,9 @@ class NoisyStudent(ssc.SemiSupervisedClassifier):
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
-    num_labelled = labelled["label"].shape[0]
-    logits, batch_stats = self.apply_train(
+    (labelled_logits, student_logits), batch_stats = self.apply_train_parts(
         params, state.batch_stats,
-        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["strong"]]),
-        rng=rng)
-    labelled_logits, student_logits = self.split_examples(
-        logits, [num_labelled, logits.shape[0] - num_labelled])
+        [labelled["images"]["image"], unlabelled["images"]["strong"]], rng=rng)
     teacher_logits = self.teacher_logits(state.method_state, unlabelled["images"]["weak"])
     unsupervised, extras = losses.noisy_student_loss(
         student_logits=student_logits, teacher_logits=teacher_logits,

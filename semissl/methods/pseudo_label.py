@@ -34,13 +34,9 @@ class PseudoLabel(ssc.SemiSupervisedClassifier):
 
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
-    num_labelled = labelled["label"].shape[0]
-    logits, batch_stats = self.apply_train(
+    (labelled_logits, unlabelled_logits), batch_stats = self.apply_train_parts(
         params, state.batch_stats,
-        self.concat_examples([labelled["images"]["image"], unlabelled["images"]["weak"]]),
-        rng=rng)
-    labelled_logits, unlabelled_logits = self.split_examples(
-        logits, [num_labelled, logits.shape[0] - num_labelled])
+        [labelled["images"]["image"], unlabelled["images"]["weak"]], rng=rng)
     unsupervised, extras = losses.pseudo_label_loss(
         logits=unlabelled_logits, threshold=self.option("threshold"))
     metrics = ssc.target_telemetry(targets=unlabelled_logits,

@@ -78,6 +78,13 @@ class SemiSupervisedClassifier(base.Method):
     batch_stats)."""
     return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
+  def apply_train_parts(self, params, batch_stats, parts, *, rng):
+    """One train-mode pass over the image batches `parts` (concatenated per device):
+    ([logits of each part], updated batch_stats)."""
+    logits, batch_stats = self.apply_train(params, batch_stats,
+                                           self.concat_examples(parts), rng=rng)
+    return self.split_examples(logits, [part.shape[0] for part in parts]), batch_stats
+
   def unlabelled_weight(self, step) -> jax.Array:
     """mu(t) = method.unlabelled_weight * ramp(t)."""
     ramp = rampup.rampup_weight(step=step, rampup_steps=self.option("rampup_steps"),
