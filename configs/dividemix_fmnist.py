@@ -26,17 +26,23 @@ UNLABELLED_WEIGHT = {0.2: 0.0, 0.5: 25.0}
 
 def get_config(arg=None):
   args = common.parse_arg(arg, labels="all", runlocal=False, dataset="fashion_mnist",
-                          noise=0.5, noise_seed=0)
+                          noise=0.5, noise_seed=0, ce=False)
   if args.noise not in UNLABELLED_WEIGHT:
     raise ValueError(f"noise={args.noise}: use one of {sorted(UNLABELLED_WEIGHT)} (the "
                      "paper's lambda_u is set per noise rate).")
   views = {name: classic.WEAK_VIEW for name in ("augment0", "augment1")}
-  config = classic.fmnist_config(args, method_name="dividemix", labelled_views=views,
-                                 unlabelled_views={}, mu=0)
+  if args.ce:
+    views = {"image": classic.WEAK_VIEW}
+  config = classic.fmnist_config(
+      args, method_name="supervised" if args.ce else "dividemix", labelled_views=views,
+      unlabelled_views={}, mu=0)
   config.data.label_noise = args.noise
   config.data.label_noise_seed = args.noise_seed
   steps_per_epoch = (60_000 - config.data.validation_size) // config.batch_size
   config.num_train_steps = NUM_EPOCHS * steps_per_epoch
+  if args.ce:
+    config.method.label_smoothing = 0.0
+    return classic.finish(config, args)
   m = config.method
   m.warmup_epochs = WARMUP_EPOCHS
   m.p_threshold, m.temperature, m.mixup_alpha = 0.5, 0.5, 4.0

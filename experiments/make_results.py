@@ -3,6 +3,7 @@
   python experiments/make_results.py --labels=40 --seeds=0,1,2
   python experiments/make_results.py --labels=1pct --seeds=0 --only=supervised,fixmatch
   python experiments/make_results.py --labels=40,1pct --no_train   # tables from committed runs
+  python experiments/make_results.py --labels=noise0.2,noise0.5     # the noisy-label table
 
 Every entry runs through `experiments/main.py` with its config's own default
 budget (or `--steps`, split over the stages of multi-stage entries). Seed k sets
@@ -29,7 +30,8 @@ from experiments import results_tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_LABELS = flags.DEFINE_list("labels", ["40", "1pct"], "Label settings (config 'labels=').")
+_LABELS = flags.DEFINE_list("labels", ["40", "1pct"], "Label settings (config 'labels=') "
+                            "or noisy-label settings 'noise<r>' (e.g. noise0.2).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (init + split); e.g. 0,1,2.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Train steps per entry, split over stages; "
                               "0: each config's own default budget.")
@@ -44,7 +46,9 @@ _EXTRA = flags.DEFINE_list("extra", [], "Further --config.* flags for every stag
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  config: str  # configs/<file>.py[:variants]; '{labels}', '{prev}' (previous workdir) substituted
+  # configs/<file>.py[:variants]; '{labels}', '{noise}' (noisy settings) and '{prev}'
+  # (previous workdir) substituted
+  config: str
   fraction: float = 1.0  # share of --steps (only with --steps)
   init_from_previous: bool = False
   extra: tuple[str, ...] = ()  # further --config.* flags; '{prev}' substituted
@@ -56,6 +60,7 @@ class Entry:
   stages: tuple[Stage, ...]
   labels: str | None = None  # fixed label setting (e.g. the full-label upper bound)
   flagship: bool = False  # drawn in the accuracy-over-steps plot
+  noisy: bool = False  # runs only in the noisy-label settings 'noise<r>' (and only there)
 
 
 def _single(name: str, config: str, flagship: bool = False) -> Entry:
@@ -63,6 +68,15 @@ def _single(name: str, config: str, flagship: bool = False) -> Entry:
 
 
 BASELINE = "label-only"
+NOISY_BASELINE = "cross-entropy on noisy labels"
+NOISE_PREFIX = "noise"
+
+
+def noise_rate(setting: str) -> str | None:
+  """'0.2' for the noisy-label setting 'noise0.2'; None for a label setting."""
+  return setting[len(NOISE_PREFIX):] if setting.startswith(NOISE_PREFIX) else None
+
+
 ENTRIES = (
     _single(BASELINE, "supervised_fmnist", flagship=True),
     Entry("all labels (upper bound)", (Stage("configs/supervised_fmnist.py:labels=all"),),
@@ -110,6 +124,12 @@ ENTRIES = (
               extra=("--config.method.teacher_workdir={prev}",)),
         Stage("configs/noisy_student_fmnist.py:labels={labels},iteration=2", 0.4,
               extra=("--config.method.teacher_workdir={prev}",)))),
+    # DivideMix's own table (learning with noisy labels): every training label, a share
+    # of them redrawn, against one network trained with cross-entropy on those labels.
+    Entry(NOISY_BASELINE, (Stage("configs/dividemix_fmnist.py:noise={noise},ce"),),
+          noisy=True, flagship=True),
+    Entry("dividemix", (Stage("configs/dividemix_fmnist.py:noise={noise}"),), noisy=True,
+          flagship=True),
 )
 
 
@@ -121,8 +141,8 @@ def stage_command(entry: Entry, index: int, *, labels: str, seed: int,
                   previous: str | None, workdir: str) -> list[str]:
   """The experiments/main.py command line of one stage."""
   stage = entry.stages[index]
-  command = ["experiments/main.py",
-             f"--config={stage.config.format(labels=labels, prev=previous)}",
+  config = stage.config.format(labels=labels, prev=previous, noise=noise_rate(labels))
+  command = ["experiments/main.py", f"--config={config}",
              f"--workdir={workdir}", f"--config.seed={seed}",
              f"--config.data.split_seed={seed}"]
   if _STEPS.value:
@@ -166,6 +186,8 @@ def main(argv):
     for entry in ENTRIES:
       if _ONLY.value and not {entry.name, entry.name.split(" ")[0]} & set(_ONLY.value):
         continue
+      if entry.noisy != (noise_rate(labels) is not None):
+        continue
       seeds = [0] if entry.labels else [int(s) for s in _SEEDS.value]
       for seed in seeds:
         run = run_entry(entry, entry.labels or labels, seed)
@@ -175,9 +197,16 @@ def main(argv):
   stored = results_tables.load_store(_STORE.value, [e.name for e in ENTRIES], slug,
                                      labels=_LABELS.value, fixed={e.name: e.labels
                                                                   for e in ENTRIES})
+  for labels, entries in stored.items():  # a noisy setting shows only its entries
+    noisy = {e.name for e in ENTRIES if e.noisy}
+    for name in list(entries):
+      if (name in noisy) != (noise_rate(labels) is not None):
+        del entries[name]
   flagships = [e.name for e in ENTRIES if e.flagship]
+  baselines = {labels: NOISY_BASELINE if noise_rate(labels) else BASELINE
+               for labels in stored}
   results_tables.write_markdown(
-      stored, out=_OUT.value, command=this_command(), baseline=BASELINE,
+      stored, out=_OUT.value, command=this_command(), baseline=baselines,
       flagships=flagships,
       machine=f"{platform.machine()} with {os.cpu_count()} shared CPU cores")
 

@@ -140,7 +140,7 @@ def _stage_minutes(run: dict) -> str:
 
 
 def table(entries: dict[str, dict[int, dict]], baseline: str) -> list[str]:
-  lines = ["| method | test top-1 (val-selected) | gain vs label-only | seeds | test online / "
+  lines = [f"| method | test top-1 (val-selected) | gain vs {baseline} | seeds | test online / "
            "EMA (seed 0) | val top-1 (seed 0) | pseudo-label acc. (last log) | train min "
            "(per stage) | steps |", "|---|---|---|---|---|---|---|---|---|"]
   base_values = [headline(r)[0] for r in entries.get(baseline, {}).values()]
@@ -177,7 +177,10 @@ def commands(entries: dict[str, dict[int, dict]]) -> list[str]:
 
 
 def write_markdown(runs: dict[str, dict[str, dict[int, dict]]], *, out: str, command: str,
-                   baseline: str, flagships: list[str], machine: str) -> None:
+                   baseline: str | dict[str, str], flagships: list[str],
+                   machine: str) -> None:
+  """`baseline`: the entry each table's gain column compares with (one name, or one per
+  label setting)."""
   plots_dir = os.path.join(os.path.dirname(out), "plots")
   stem = os.path.splitext(os.path.basename(out))[0].lower()
   lines = [
@@ -194,7 +197,8 @@ def write_markdown(runs: dict[str, dict[str, dict[int, dict]]], *, out: str, com
   for labels, entries in runs.items():
     if not entries:
       continue
-    lines += [f"## labels={labels}", ""] + table(entries, baseline) + [""]
+    base = baseline if isinstance(baseline, str) else baseline[labels]
+    lines += [f"## labels={labels}", ""] + table(entries, base) + [""]
     curve = plot_curves(entries, labels, flagships, os.path.join(
         plots_dir, f"{stem}_top1_{labels}.png"))
     pseudo = plot_pseudo_labels(entries, labels, os.path.join(

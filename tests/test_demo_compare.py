@@ -67,3 +67,34 @@ def test_tables_from_store(tmp_path):
   assert "![test top-1 over training, labels=40](plots/results_top1_40.png)" in text
   assert (tmp_path / "docs" / "plots" / "results_top1_40.png").exists()
   assert (tmp_path / "docs" / "plots" / "results_pseudo_labels_40.png").exists()
+
+
+def test_noisy_label_settings_run_only_the_noisy_entries():
+  from absl import flags
+  from experiments import make_results
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  noisy = [e for e in make_results.ENTRIES if e.noisy]
+  assert {e.name for e in noisy} == {"dividemix", make_results.NOISY_BASELINE}
+  assert make_results.noise_rate("noise0.2") == "0.2" and make_results.noise_rate("40") is None
+  baseline = next(e for e in noisy if e.name == make_results.NOISY_BASELINE)
+  command = make_results.stage_command(baseline, 0, labels="noise0.5", seed=1,
+                                       previous=None, workdir="w")
+  assert command[1] == "--config=configs/dividemix_fmnist.py:noise=0.5,ce"
+  assert "--config.seed=1" in command and "--config.data.split_seed=1" in command
+
+
+def test_gain_column_names_each_tables_baseline(tmp_path):
+  store = tmp_path / "results"
+  for name, value in (("ce", 0.6), ("dividemix", 0.75)):
+    _store_run(store, "noise0.5", name, 0,
+               [({"eval_top1": value, "step": 10, "train_seconds": 60},
+                 [{"step": 10, "eval_top1": value}])])
+  runs = results_tables.load_store(str(store), ["ce", "dividemix"], lambda n: n,
+                                   labels=["noise0.5"], fixed={})
+  out = tmp_path / "RESULTS.md"
+  results_tables.write_markdown(runs, out=str(out), command="python x",
+                                baseline={"noise0.5": "ce"}, flagships=[], machine="test")
+  text = out.read_text()
+  assert "| method | test top-1 (val-selected) | gain vs ce |" in text
+  assert "| dividemix | 75.0 | +15.0 | 1 |" in text

@@ -37,7 +37,7 @@ CONFIG_VARIANTS = {
     "label_propagation_fmnist": ["", "runlocal"],
     "noisy_student_fmnist": ["", "iteration=0,noise=True", "iteration=1,teacher=/w",
                              "iteration=2,teacher=/w,growth=2", "iteration=1,runlocal"],
-    "dividemix_fmnist": ["", "noise=0.2", "runlocal"],
+    "dividemix_fmnist": ["", "noise=0.2", "runlocal", "ce", "noise=0.2,ce"],
     "vat_fmnist": ["", "entmin=True,finite_difference=True", "runlocal"],
     "semppl_fmnist": ["", "runlocal,small=2", "stage=finetune,init_from=/w",
                       "stage=finetune,init_from=/w,labels=40", "stage=scratch",
