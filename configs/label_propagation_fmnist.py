@@ -1,7 +1,12 @@
 """Label Propagation (Iscen et al. 2019) on Fashion-MNIST, CPU-sized.
 
   python experiments/main.py --config=configs/label_propagation_fmnist.py --workdir=/tmp/lp
-Variants: labels=, dataset=, runlocal (see configs/classic_fmnist_common.py).
+Variants: labels=, dataset=, runlocal (see configs/classic_fmnist_common.py);
+init_from=<workdir> starts from a pretrained encoder (e.g. SemPPL's pretraining run:
+the `semppl -> label propagation` pipeline): its variables by name, no labelled-only
+warm-up (the first propagation is at step 0, on the pretrained features), and the
+encoder's learning rate scaled by encoder_lr (default 0.1; the linear head keeps the
+full rate), as SemPPL's fine-tune protects the encoder from 40 labels.
 
 At the start of every epoch after the first (`warmup_epochs` = 1: labelled-only
 training first, as the paper starts from a network trained on the labelled images),
@@ -17,7 +22,7 @@ from configs import classic_fmnist_common as classic
 
 
 def get_config(arg=None):
-  args = classic.parse_args(arg)
+  args = classic.parse_args(arg, init_from="", encoder_lr=0.1)
   config = classic.fmnist_config(
       args, method_name="label_propagation", labelled_views={"image": classic.WEAK_VIEW},
       unlabelled_views={"image": classic.WEAK_VIEW}, mu=3)
@@ -27,6 +32,10 @@ def get_config(arg=None):
   m.warmup_epochs = 1
   m.unlabelled_weight = 1.0
   m.rampup = "none"
+  if args.init_from:
+    config.init_from = args.init_from
+    m.warmup_epochs = 0
+    config.optimizer.lr_multipliers = ((r"^(?!head/)", args.encoder_lr),)
   config = classic.finish(config, args)
   if args.runlocal:
     m.k, m.block_size = 10, 32  # a tiny split: fewer neighbours than images, blocks

@@ -34,7 +34,7 @@ CONFIG_VARIANTS = {
     "temporal_ensembling_fmnist": ["", "runlocal"],
     "uda_fmnist": ["", "runlocal"],
     "meta_pseudo_labels_fmnist": ["", "runlocal"],
-    "label_propagation_fmnist": ["", "runlocal"],
+    "label_propagation_fmnist": ["", "runlocal", "labels=40,init_from=/tmp/pretrained,encoder_lr=0.05"],
     "noisy_student_fmnist": ["", "iteration=0,noise=True", "iteration=1,teacher=/w",
                              "iteration=2,teacher=/w,growth=2", "iteration=1,runlocal"],
     "dividemix_fmnist": ["", "noise=0.2", "runlocal", "ce", "noise=0.2,ce"],
