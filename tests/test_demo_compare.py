@@ -70,10 +70,7 @@ def test_tables_from_store(tmp_path):
 
 
 def test_noisy_label_settings_run_only_the_noisy_entries():
-  from absl import flags
-  from experiments import make_results
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  from experiments import results_entries as make_results  # the script's entries
   noisy = [e for e in make_results.ENTRIES if e.noisy]
   assert {e.name for e in noisy} == {"dividemix", make_results.NOISY_BASELINE}
   assert make_results.noise_rate("noise0.2") == "0.2" and make_results.noise_rate("40") is None
@@ -82,6 +79,12 @@ def test_noisy_label_settings_run_only_the_noisy_entries():
                                        previous=None, workdir="w")
   assert command[1] == "--config=configs/dividemix_fmnist.py:noise=0.5,ce"
   assert "--config.seed=1" in command and "--config.data.split_seed=1" in command
+  assert not any(c.startswith("--config.num_train_steps") for c in command)
+  two_stage = next(e for e in make_results.ENTRIES if e.name == "semppl -> fine-tune")
+  command = make_results.stage_command(two_stage, 1, labels="40", seed=0, previous="p",
+                                       workdir="w", steps=1000, extra=["--config.x=1"])
+  assert command[1] == "--config=configs/semppl_fmnist.py:labels=40,stage=finetune,init_from=p"
+  assert command[-2:] == ["--config.num_train_steps=250", "--config.x=1"]
 
 
 def test_gain_column_names_each_tables_baseline(tmp_path):
