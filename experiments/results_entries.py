@@ -71,6 +71,13 @@ ENTRIES = (
               0.1),
         Stage("configs/simclrv2_fmnist.py:labels={labels},stage=distill,teacher=semppl", 0.3,
               extra=("--config.method.teacher_workdir={prev}",))), flagship=True),
+    # SemPPL's pretrained encoder read out by Label Propagation (Iscen et al. 2019):
+    # the kNN-graph diffusion over every training image's features labels the
+    # unlabelled images, and the network trains on them (encoder at 0.1x the rate).
+    Entry("semppl -> label propagation", (
+        Stage("configs/semppl_fmnist.py:labels={labels},crop_prob=0.5", 0.7),
+        Stage("configs/label_propagation_fmnist.py:labels={labels},init_from={prev}", 0.3)),
+          flagship=True),
     _single("emateacher + pseudo mixup", "emateacher_fmnist"),
     _single("remixmatch_da (fixmatch + DA)", "remixmatch_fmnist"),
     _single("mixmatch", "mixmatch_fmnist"),
