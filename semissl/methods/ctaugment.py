@@ -140,15 +140,15 @@ def _grayscale(images: jax.Array) -> jax.Array:
 
 
 def _filter(images: jax.Array, kernel: np.ndarray) -> jax.Array:
-  """PIL kernel filter: the kernel's weighted sum inside, the border pixels kept."""
-  channels = images.shape[-1]
+  """PIL kernel filter: the kernel's weighted sum inside, the border pixels kept (a sum
+  of shifted slices: cheaper on CPU than a grouped convolution for these sizes)."""
   size = kernel.shape[0]
-  rhs = jnp.tile(jnp.asarray(kernel, images.dtype)[:, :, None, None], (1, 1, 1, channels))
-  inner = jax.lax.conv_general_dilated(
-      images, rhs, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=channels)
   pad = size // 2
-  interior = jnp.zeros(images.shape[1:3], bool).at[pad:-pad, pad:-pad].set(True)
+  height, width = images.shape[1:3]
+  inner = sum(float(kernel[dy, dx]) * images[:, dy:height - size + 1 + dy,
+                                             dx:width - size + 1 + dx]
+              for dy in range(size) for dx in range(size) if kernel[dy, dx])
+  interior = jnp.zeros((height, width), bool).at[pad:-pad, pad:-pad].set(True)
   padded = jnp.pad(inner, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   return jnp.where(interior[None, :, :, None], padded, images)
 
@@ -251,6 +251,7 @@ def apply_ops(images: jax.Array, *, ops: jax.Array, levels: jax.Array,
   images = jnp.clip(images, 0.0, 1.0)
   factor = 0.1 + 1.9 * levels
   gray = _grayscale(images)
+  smoothed = _filter(images, _SMOOTH)
   outputs = {
       "identity": images,
       "autocontrast": _blend(images, _autocontrast(images), levels),
@@ -262,8 +263,8 @@ def apply_ops(images: jax.Array, *, ops: jax.Array, levels: jax.Array,
       "cutout": cutout(images, rng=rng, levels=levels),
       "invert": _blend(images, 1.0 - images, levels),
       "posterize": _posterize(images, levels),
-      "sharpness": _blend(_filter(images, _SMOOTH), images, factor),
-      "smooth": _blend(images, _filter(images, _SMOOTH), levels),
+      "sharpness": _blend(smoothed, images, factor),
+      "smooth": _blend(images, smoothed, levels),
       "solarize": _solarize(images, levels),
   }
   warped = affine_nearest(images, affine_coefficients(
