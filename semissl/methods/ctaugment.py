@@ -154,11 +154,15 @@ def _filter(images: jax.Array, kernel: np.ndarray) -> jax.Array:
 
 
 def _autocontrast(images: jax.Array) -> jax.Array:
-  """Per image and channel, [min, max] stretched to [0, 1] (PIL, cutoff 0)."""
-  low = jnp.min(images, axis=(1, 2), keepdims=True)
-  high = jnp.max(images, axis=(1, 2), keepdims=True)
+  """Per image and channel, 8-bit [min, max] stretched to [0, 255] (PIL, cutoff 0: its
+  lookup table truncates, int(p * 255 / (max - min) - min * 255 / (max - min)))."""
+  pixels = _quantise(images)
+  low = jnp.min(pixels, axis=(1, 2), keepdims=True)
+  high = jnp.max(pixels, axis=(1, 2), keepdims=True)
   spread = high > low
-  return jnp.where(spread, (images - low) / jnp.where(spread, high - low, 1.0), images)
+  scale = 255.0 / jnp.where(spread, high - low, 1.0)
+  stretched = jnp.floor(pixels * scale - low * scale) / 255.0
+  return jnp.where(spread, stretched, images)
 
 
 def _quantise(images: jax.Array) -> jax.Array:
