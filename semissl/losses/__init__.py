@@ -82,6 +82,9 @@ from semissl.losses.noisy_student import confidence_filter
 from semissl.losses.noisy_student import noisy_student_loss
 from semissl.losses.noisy_student import soft_pseudo_labels
 from semissl.losses.noisy_student import update_class_counts
+from semissl.losses.remixmatch import remixmatch_guess
+from semissl.losses.remixmatch import remixmatch_loss
+from semissl.losses.remixmatch import soft_cross_entropy
 from semissl.losses.simmatch import init_labelled_bank
 from semissl.losses.simmatch import instance_similarity
 from semissl.losses.simmatch import LabelledBank

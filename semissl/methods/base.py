@@ -48,6 +48,11 @@ class DatasetInfo:
   # order (batch 'index'); None when unknown (e.g. synthetic benchmark batches).
   labelled_labels: np.ndarray | None = dataclasses.field(
       default=None, repr=False, compare=False)
+  # Per-channel normalisation of the pipeline's images, (pixel / 255 - mean) / std: a
+  # method that transforms images on device in pixel space (ReMixMatch's CTAugment)
+  # undoes it; None when unknown (images then taken as already in [0, 1]).
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from semissl import losses
 from semissl import models
@@ -118,15 +117,6 @@ class FixMatch(base.Method):
           window_size=int(self.option("da_window")))
     return dict(variables), method_state
 
-  def _labelled_prior(self) -> jax.Array:
-    """Class frequencies of the labelled split (uniform if unknown)."""
-    num_classes = self.info.num_classes
-    labels = self.info.labelled_labels
-    if labels is None or not len(labels):
-      return jnp.full((num_classes,), 1.0 / num_classes)
-    counts = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes]
-    return jnp.asarray(counts / counts.sum(), jnp.float32)
-
   def _student(self, params, batch_stats, images, rng):
     return networks.apply_train(self.model, params, batch_stats, images, rng=rng)
 
@@ -203,7 +193,7 @@ class FixMatch(base.Method):
     probs = jax.nn.softmax(weak_logits / self.option("temperature"), axis=-1)
     if self.option("distribution_alignment"):
       probs, window = losses.push_and_align(
-          probs=probs, window=method_state["da"], target_prior=self._labelled_prior())
+          probs=probs, window=method_state["da"], target_prior=networks.labelled_class_prior(self.info))
       method_state = dict(method_state, da=window)
     threshold = self.option("threshold")
 

@@ -96,6 +96,17 @@ def split_examples(x: jax.Array, sizes, *, mesh) -> list[jax.Array]:
   return out
 
 
+def labelled_class_prior(info) -> jax.Array:
+  """p(y): the class frequencies of the labelled split (`DatasetInfo.labelled_labels`;
+  uniform when unknown), the target of ReMixMatch's distribution alignment."""
+  num_classes = info.num_classes
+  labels = info.labelled_labels
+  if labels is None or not len(labels):
+    return jnp.full((num_classes,), 1.0 / num_classes)
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes]
+  return jnp.asarray(counts / counts.sum(), jnp.float32)
+
+
 def pseudo_label_telemetry(*, pseudo_labels: jax.Array, true_labels: jax.Array,
                            mask: jax.Array | None = None, prefix: str = "pl_") -> dict:
   """Accuracy of pseudo-labels against the hidden true labels (telemetry only).

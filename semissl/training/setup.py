@@ -74,7 +74,7 @@ def lr_batch_size(config: ml_collections.ConfigDict) -> int:
 
 def dataset_info(config: ml_collections.ConfigDict, *, num_classes: int,
                  image_shape: Sequence[int], num_labelled: int, num_unlabelled: int,
-                 labelled_labels=None) -> methods.DatasetInfo:
+                 labelled_labels=None, mean=None, std=None) -> methods.DatasetInfo:
   """What the method needs to know about the data, with the run's epoch length and
   total optimizer updates (`num_train_steps`, else `num_epochs` epochs)."""
   per_epoch = steps_per_epoch(config, num_labelled=num_labelled,
@@ -83,7 +83,9 @@ def dataset_info(config: ml_collections.ConfigDict, *, num_classes: int,
   return methods.DatasetInfo(num_classes=num_classes, image_shape=tuple(image_shape),
                              num_labelled=num_labelled, num_unlabelled=num_unlabelled,
                              steps_per_epoch=per_epoch, total_steps=total_steps,
-                             labelled_labels=labelled_labels)
+                             labelled_labels=labelled_labels,
+                             mean=None if mean is None else tuple(float(m) for m in mean),
+                             std=None if std is None else tuple(float(v) for v in std))
 
 
 def dataset_info_of(data: Any, config: ml_collections.ConfigDict) -> methods.DatasetInfo:
@@ -91,7 +93,8 @@ def dataset_info_of(data: Any, config: ml_collections.ConfigDict) -> methods.Dat
   return dataset_info(config, num_classes=data.info.num_classes,
                       image_shape=data.info.image_shape, num_labelled=data.info.num_labelled,
                       num_unlabelled=data.info.num_unlabelled,
-                      labelled_labels=getattr(data, "labelled_labels", None))
+                      labelled_labels=getattr(data, "labelled_labels", None),
+                      mean=data.info.mean, std=data.info.std)
 
 
 def build_method(config: ml_collections.ConfigDict, info: methods.DatasetInfo, *,

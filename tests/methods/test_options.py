@@ -20,7 +20,7 @@ CONFIG_VARIANTS = {
     "supervised_r50": ["", "runlocal"],
     "fixmatch_fmnist": ["", "runlocal"],
     "fixmatch_cifar": ["", "teacher=ema", "runlocal"],
-    "remixmatch_fmnist": ["", "runlocal"],
+    "remixmatch_fmnist": ["", "runlocal", "k=8", "da_only", "da_only,labels=40"],
     "emateacher_fmnist": ["", "mixup=False", "runlocal"],
     "semivit_vitb": ["", "stage=supervised", "labels=1pct", "runlocal"],
     "simmatch_fmnist": ["", "variant=student_teacher", "runlocal"],

@@ -105,6 +105,10 @@ CASES = {
             {**CLASSIC, "entropy_weight": 0.5, "power_iteration": "hessian"}),
     "vat_finite_difference": ("vat", (("image",), ("image",)), {**CLASSIC, "xi": 0.1}),
     "mixmatch": ("mixmatch", (("image",), ("augment0", "augment1")), CLASSIC),
+    # The DA window and CTAugment's bins (updated probe by probe, a scan over the
+    # global batch) in the method state; MixUp partners from the whole global batch.
+    "remixmatch": ("remixmatch", (("image",), ("weak", "strong0", "strong1")),
+                   {**CLASSIC, "num_strong": 2, "da_window": 4}),
     # The permutation pairs examples across devices (global batch).
     "ict": ("ict", (("image",), ("image",)), {**CLASSIC, "mixup_alpha": 1.0}),
     # Two steps: the second reads targets the first wrote into the sharded store.
@@ -210,7 +214,8 @@ def _train_two_steps(case, initial_state, devices):
 # Mixup partners drawn from the whole global batch move images between devices by
 # design (MixMatch, ICT, Semi-ViT's pseudo mixup); every other step keeps each
 # device's images on it (networks.concat_examples).
-MIXES_ACROSS_DEVICES = {"mixmatch", "ict", "emateacher_pseudo_mixup", "dividemix"}
+MIXES_ACROSS_DEVICES = {"mixmatch", "remixmatch", "ict", "emateacher_pseudo_mixup",
+                        "dividemix"}
 _MOVES = re.compile(r"= \S+ (all-gather|all-to-all|collective-permute)(-start)?\(")
 _IMAGES = re.compile(r"\[\d+,(?:%d|6),(?:%d|6),1\]" % (SIZE, SIZE))
 
