@@ -272,14 +272,22 @@ def test_projection_head_batch_norm_option():
     lambda: simmatch_r50.get_config("labels=1pct"),
     lambda: simmatch_r50.get_config("labels=10pct,runlocal"),
     lambda: simmatch_cifar.get_config("dataset=cifar100,labels=400"),
-    lambda: simmatch_fmnist.get_config("labels=40"),
-    lambda: simmatch_fmnist.get_config("labels=40,variant=student_teacher"),
 ])
-def test_every_config_uses_the_official_head(get_config):
+def test_paper_configs_use_the_official_head(get_config):
   config = get_config()
   assert config.method.embedding_batch_norm is False
   method_obj = methods.get_method("simmatch")(config, _info())
   assert method_obj.model.embedding_batch_norm is False
+  # The official warm-up: the instance terms start after the first (scaled) epoch.
+  assert config.method.instance_warmup_epochs > 0
+
+
+@pytest.mark.parametrize("arg", ["labels=40", "labels=40,variant=student_teacher"])
+def test_fmnist_config_keeps_the_validation_chosen_bn_head(arg):
+  config = simmatch_fmnist.get_config(arg)
+  assert config.method.embedding_batch_norm is True
+  method_obj = methods.get_method("simmatch")(config, _info())
+  assert method_obj.model.embedding_batch_norm is True
   # The official warm-up: the instance terms start after the first (scaled) epoch.
   assert config.method.instance_warmup_epochs > 0
 
