@@ -71,7 +71,7 @@ ENTRIES = (
               extra=("--config.method.teacher_workdir={prev}",))), flagship=True),
     # SemPPL's pretrained encoder read out by Label Propagation (Iscen et al. 2019):
     # the kNN-graph diffusion over every training image's features labels the
-    # unlabelled images, and the network trains on them (encoder at 0.1x the rate).
+    # unlabelled images, and the whole network trains on them (its default recipe).
     Entry("semppl -> label propagation", (
         Stage("configs/semppl_fmnist.py:labels={labels},crop_prob=0.5", 0.7),
         Stage("configs/label_propagation_fmnist.py:labels={labels},init_from={prev}", 0.3)),
