@@ -52,6 +52,9 @@ _DEFAULTS = {
     "data_dir": None,
     "train_split": "train",
     "eval_split": "test",
+    # Evaluate on the first N examples of the eval split only (ids unchanged); 0: all.
+    # For smoke tests (configs' runlocal), whose cost evaluating 10k images dominates.
+    "eval_examples": 0,
     "label_fraction": 0.01,
     "labels_per_class": None,
     "labelled_ids_file": None,
@@ -318,6 +321,9 @@ def build_input(data_config: Mapping | ml_collections.ConfigDict, *, batch_size:
   source = sources.load_source(cfg["dataset"], data_dir=cfg["data_dir"],
                                train_split=cfg["train_split"],
                                eval_split=cfg["eval_split"], read_options=read_options)
+  if cfg["eval_examples"]:
+    source = dataclasses.replace(source, eval=_first_examples(source.eval,
+                                                              int(cfg["eval_examples"])))
   validation_ids, labelled_ids = _split_ids(cfg, source.train, workdir=workdir)
   channels = int(cfg["num_channels"] or source.channels)
   train_source = streams.make_image_source(source.train, source_channels=source.channels,
@@ -396,6 +402,16 @@ def _as_dict(value: Any) -> Any:
   return value.to_dict() if hasattr(value, "to_dict") else value
 
 
+def _first_examples(split: sources.SplitExamples, count: int) -> sources.SplitExamples:
+  """The first `count` examples of `split` (all of them if it has no more); ids are
+  row indices, so they stay the same."""
+  if count >= len(split):
+    return split
+  first = lambda values: None if values is None else values[:count]
+  return dataclasses.replace(split, labels=split.labels[:count], pixels=first(split.pixels),
+                             encoded=first(split.encoded), names=first(split.names))
+
+
 def _merged_config(data_config: Mapping | ml_collections.ConfigDict) -> dict[str, Any]:
   """Config as plain dicts, missing keys filled from the defaults."""
   given = dict(_as_dict(data_config))
@@ -434,6 +450,10 @@ def _validate_config(cfg: dict[str, Any], *, batch_size: int, mu: float,
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   unlabelled.parse_spec(cfg["unlabelled_dataset"])  # a malformed value fails here
+  count = cfg["eval_examples"]
+  if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+    raise ValueError(f"data.eval_examples={count!r} must be an int >= 0 (0: the whole "
+                     "eval split).")
   size = cfg["validation_size"]
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
     raise ValueError(f"data.validation_size={size!r} must be an int >= 0 (0: no "

@@ -22,7 +22,7 @@ CONFIG_FILENAME = "config.json"
 RESUMABLE_KEYS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "eval_batch_size", "mesh", "sharding_rules", "init_from", "knn_monitor",
-    "evaluator",
+    "evaluator", "data.eval_examples",
     "data.data_dir", "data.tf_threads", "data.prefetch", "data.storage",
     "data.max_memory_bytes", "data.index_cache_dir", "data.index_wait_s",
 )
@@ -32,7 +32,7 @@ RESUMABLE_KEYS = (
 # SimMatch's `method.embedding_batch_norm`, whose old behaviour is True, not its new
 # default, so an old SimMatch workdir is refused rather than resumed without its BN.)
 ADDED_KEY_DEFAULTS = {"grad_accum_steps": 1, "model.dtype": "float32", "method.tsa": "none",
-                      "data.unlabelled_dataset": None}
+                      "data.unlabelled_dataset": None, "data.eval_examples": 0}
 
 
 def resolve(workdir: str | os.PathLike) -> epath.Path:

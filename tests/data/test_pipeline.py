@@ -130,6 +130,31 @@ def test_eval_padding_covers_every_example_once(tiny_fashion_dir, process_count)
   np.testing.assert_allclose(np.concatenate(images), expected, atol=1e-5)
 
 
+def test_eval_examples_keeps_the_first_n_of_the_eval_split(tiny_fashion_dir):
+  directory, arrays = tiny_fashion_dir
+  num_eval = len(arrays["test"]["label"])
+  count = num_eval // 2 + 1  # not a multiple of the eval batch: a padded last batch
+  inp = _build(directory, eval_batch_size=8, overrides={"eval_examples": count})
+  assert inp.info.num_eval == count and inp.num_eval_batches == -(-count // 8)
+  batches = list(inp.eval_iter())
+  real = np.concatenate([b["mask"] for b in batches]) == 1.0
+  ids = np.concatenate([b["id"] for b in batches])[real]
+  np.testing.assert_array_equal(np.sort(ids), np.arange(count))
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[real],
+                                arrays["test"]["label"][ids])
+  images = np.concatenate([b["images"]["image"] for b in batches])[real]
+  np.testing.assert_allclose(images, (arrays["test"]["image"][ids] / 255.0 - 0.5) / 0.25,
+                             atol=1e-5)
+  # The train side is untouched; more than the split holds is the whole split.
+  full = _build(directory, eval_batch_size=8)
+  assert inp.info.num_train == full.info.num_train
+  np.testing.assert_array_equal(inp.labelled_ids, full.labelled_ids)
+  assert _build(directory, overrides={"eval_examples": num_eval + 5}).info.num_eval == num_eval
+  for bad in (-1, 2.5, True):
+    with pytest.raises(ValueError, match=r"data.eval_examples=.* must be an int >= 0"):
+      _build(directory, overrides={"eval_examples": bad})
+
+
 @pytest.mark.parametrize("labelled_in_unlabelled", [True, False])
 def test_unlabelled_eval_iter_is_the_unlabelled_stream_in_slot_order(tiny_fashion_dir,
                                                                      labelled_in_unlabelled):
