@@ -18,8 +18,9 @@ gamma = 3), labels diffuse over it (alpha = 0.99, 20 conjugate-gradient iteratio
 the paper's values) and each unlabelled image gets a pseudo-label with a certainty
 and a class weight; the crop+flip view of the unlabelled stream is trained on them
 with weight 1 (no ramp-up, as the paper). mu = 3: an epoch of the ~59k unlabelled
-images is ~310 steps, so the 1000-step run propagates three times. Not yet run at
-this budget (no docs/RESULTS.md row).
+images is ~310 steps, so the 1000-step run propagates three times. From SemPPL's
+pretraining: the `semppl -> label propagation` row of docs/RESULTS.md (75.5% at 40
+labels, 3 seeds); from scratch not yet run at this budget.
 """
 from configs import classic_fmnist_common as classic
 
