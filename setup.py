@@ -42,7 +42,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # scikit-learn: the PCA of colabs/quickstart.ipynb, whose cells tests/test_colabs.py runs.
-        "test": ["pytest>=8", "pytest-xdist", "matplotlib", "scikit-learn",
+        "test": ["pytest>=8", "pytest-xdist>=3.2", "matplotlib", "scikit-learn",
                  *TEST_CONVERT_REQUIRES],
         "convert": CONVERT_REQUIRES,  # torch / timm weights in and out (semissl.convert)
         "plots": ["matplotlib"],  # the PNG plots of experiments/make_results.py

@@ -6,6 +6,8 @@ import tempfile
 
 import importlib.metadata
 
+from tests.compile_flags import with_fast_compile
+
 
 def _jaxlib_version() -> tuple[int, ...]:
   try:
@@ -21,6 +23,8 @@ if _jaxlib_version() >= (0, 12) and "ynn_fusion_type" not in os.environ["XLA_FLA
   # kernels that return NaNs (seen with 0.12.0.1; float32 unaffected; older jaxlibs
   # lack the flag, which XLA would reject). README "Known issues" has the same flag.
   os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="
+# See tests/compile_flags.py: no LLVM optimisation passes (inherited by subprocesses).
+os.environ["XLA_FLAGS"] = with_fast_compile(os.environ["XLA_FLAGS"])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # One persistent XLA compilation cache for the session: many tests (and their

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from tests import compile_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def test_installed_command_runs_a_shipped_config_outside_the_clone(tmp_path):
   outside = tmp_path / "elsewhere"
   outside.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  env["XLA_FLAGS"] = compile_flags.FAST_COMPILE  # one CPU device, compiled as every test
   env["PYTHONPATH"] = str(site)  # the installed copy, not the clone
   run = lambda *args: subprocess.run(  # noqa: E731
       [sys.executable, str(site / "bin" / "semissl-train"), *args], cwd=outside, env=env,

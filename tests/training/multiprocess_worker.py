@@ -14,7 +14,8 @@ def main():
   process_id, num_processes, port, workdir = sys.argv[1:5]
   num_processes = int(num_processes)
   local_devices = 8 // num_processes
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={local_devices}")
   os.environ["JAX_NUM_CPU_DEVICES"] = str(local_devices)
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

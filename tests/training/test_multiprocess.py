@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import compile_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -22,6 +24,7 @@ def _free_port():
 def _start(num_processes, workdir, *extra):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  env["XLA_FLAGS"] = compile_flags.FAST_COMPILE  # the worker adds its device count
   return [subprocess.Popen([sys.executable, "-m", "tests.training.multiprocess_worker",
                             str(i), str(num_processes), str(port), str(workdir), *extra],
                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

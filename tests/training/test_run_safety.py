@@ -20,6 +20,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from configs import supervised_fmnist
 from semissl.training import checkpointing, safety, setup, train_and_evaluate
+from tests import compile_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -182,7 +183,7 @@ def test_failed_async_save_stops_the_run(tmp_path, monkeypatch):
 
 def _main(workdir, *args, wait=True):
   command = [sys.executable, "experiments/main.py", f"--workdir={workdir}", *args]
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS="")
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=compile_flags.FAST_COMPILE)
   if not wait:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
