@@ -32,6 +32,9 @@ class WideResNetBlock(nn.Module):
     strides: stride of the first conv and of the projection shortcut.
     activate_before_residual: feed the pre-activated input to the shortcut.
     leaky_relu_slope: negative slope of the activations.
+    drop_path_rate: stochastic depth: probability of dropping the residual
+      branch, per example (`resnet.drop_path`).
+    deterministic: no drop (eval mode).
   """
 
   features: int
@@ -40,6 +43,8 @@ class WideResNetBlock(nn.Module):
   strides: int = 1
   activate_before_residual: bool = False
   leaky_relu_slope: float = 0.1
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -51,6 +56,7 @@ class WideResNetBlock(nn.Module):
     )(preact)
     y = act(self.norm(name="bn2")(y))
     y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
+    y = resnet.drop_path(y, rate=self.drop_path_rate, deterministic=self.deterministic)
     if shortcut.shape[-1] != self.features or self.strides != 1:
       shortcut = self.conv(
           self.features, (1, 1), strides=self.strides, name="shortcut_conv"
@@ -68,6 +74,9 @@ class WideResNet(nn.Module):
     bn_momentum: BatchNorm running-average momentum (flax convention).
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
+    drop_path_rate: stochastic depth of the last block; block l of L drops its
+      residual branch with rate * l / L per example (`resnet.drop_path_rates`).
+      Needs the 'dropout' rng when train=True and the rate is > 0.
   """
 
   depth: int = 28
@@ -76,6 +85,7 @@ class WideResNet(nn.Module):
   bn_momentum: float = 0.999
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -98,6 +108,7 @@ class WideResNet(nn.Module):
         dtype=self.dtype,
     )
     x = conv(16, (3, 3), padding=1, name="stem_conv")(x.astype(self.dtype))
+    rates = iter(resnet.drop_path_rates(self.drop_path_rate, 3 * blocks_per_group))
     for group, multiple in enumerate((16, 32, 64)):
       for block in range(blocks_per_group):
         x = WideResNetBlock(
@@ -107,6 +118,8 @@ class WideResNet(nn.Module):
             strides=2 if group > 0 and block == 0 else 1,
             activate_before_residual=group == 0 and block == 0,
             leaky_relu_slope=self.leaky_relu_slope,
+            drop_path_rate=next(rates),
+            deterministic=not train,
             name=f"group{group + 1}_block{block + 1}",
         )(x)
     x = nn.leaky_relu(

@@ -1,4 +1,4 @@
-"""Noise in the convnets (Noisy Student): stochastic depth in ResNet / TinyResNet blocks
+"""Noise in the convnets (Noisy Student): stochastic depth in ResNet / TinyResNet / WRN blocks
 (whole residual branch dropped per example, survival decaying linearly with depth) and
 dropout before the classifier; rate 0 and eval mode leave the function unchanged."""
 import functools
@@ -11,6 +11,7 @@ import pytest
 
 from semissl import models
 from semissl.models import resnet
+from semissl.models import wide_resnet
 
 TINY = dict(stem_width=4, stage_widths=(8, 8, 8), stage_strides=(2, 1, 1),
             zero_init_last_bn=False)  # else every branch starts at 0
@@ -21,6 +22,7 @@ BUILDS = {
     "resnet50_remat": (functools.partial(models.ResNet, depth=50, stage_sizes=(1, 1),
                                          cifar_stem=True, zero_init_last_bn=False,
                                          remat=True), 2),
+    "wrn10_1": (functools.partial(models.WideResNet, depth=10, widen_factor=1), 3),
 }
 
 
@@ -66,7 +68,8 @@ def test_block_rates_decay_linearly_with_depth(name):
   seen = {}  # block name -> (rate, deterministic); nn.remat calls a block twice
 
   def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, (resnet.BasicBlock, resnet.BottleneckBlock)):
+    if isinstance(context.module, (resnet.BasicBlock, resnet.BottleneckBlock,
+                                   wide_resnet.WideResNetBlock)):
       seen[context.module.name] = (context.module.drop_path_rate,
                                    context.module.deterministic)
     return next_fun(*args, **kwargs)
