@@ -68,24 +68,31 @@ def time_conv(conv, shape, *, input_grad: bool, steps: int):
   return float(cost.get("flops", 0.0)) / 1e9, bench_utils.median_time(run, steps)
 
 
-def time_patches_conv(conv, shape, *, input_grad: bool, steps: int) -> float:
-  """Seconds of forward + backward of the same conv written as im2col: XLA's patch
-  extraction (lax.conv_general_dilated_patches) and one dot."""
+def patches_conv(conv, kernel, x):
+  """`conv` (an nn.Conv without bias) applied to x as im2col: XLA's patch extraction
+  (lax.conv_general_dilated_patches) and one dot."""
   import jax
-  import jax.numpy as jnp
 
-  x = jnp.ones(shape, jnp.float32)
-  kernel = conv.init(jax.random.PRNGKey(0), x)["params"]["kernel"]
   kh, kw, cin, cout = kernel.shape
   strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides or 1,) * 2
   padding = conv.padding
   if isinstance(padding, int):
     padding = ((padding, padding),) * 2
+  patches = jax.lax.conv_general_dilated_patches(  # channels ordered (cin, kh, kw)
+      x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+
+
+def time_patches_conv(conv, shape, *, input_grad: bool, steps: int) -> float:
+  """Seconds of forward + backward of the same conv written as im2col (`patches_conv`)."""
+  import jax
+  import jax.numpy as jnp
+
+  x = jnp.ones(shape, jnp.float32)
+  kernel = conv.init(jax.random.PRNGKey(0), x)["params"]["kernel"]
 
   def loss(kernel, x):
-    patches = jax.lax.conv_general_dilated_patches(  # channels ordered (cin, kh, kw)
-        x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+    y = patches_conv(conv, kernel, x)
     return 0.5 * jnp.vdot(y, y)
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
