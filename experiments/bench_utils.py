@@ -151,6 +151,30 @@ def benchmark_train_step(config, *, steps: int, num_classes: int) -> dict:
   }
 
 
+def remat_probe(layers: int = 20, width: int = 512, rows: int = 4096) -> dict[str, float]:
+  """Temporary MiB of the compiled gradient of a `layers`-deep tanh MLP on [rows, width],
+  plain and with jax.checkpoint around every layer. Each layer keeps two [rows, width]
+  float32 activations, so plain backprop holds about 2 * layers of them and per-layer
+  remat about `layers` (the layers' inputs) plus one layer's recomputation."""
+  import jax
+  import jax.numpy as jnp
+
+  def layer(w, x):
+    return jnp.tanh(jnp.tanh(x @ w) @ w)
+
+  result = {"activation MiB (one)": rows * width * 4 / 2 ** 20}
+  for name, fn in (("plain", layer), ("remat", jax.checkpoint(layer))):
+    def loss(ws, x, fn=fn):
+      for w in ws:
+        x = fn(w, x)
+      return jnp.sum(x * x)
+    ws = [jax.ShapeDtypeStruct((width, width), jnp.float32)] * layers
+    x = jax.ShapeDtypeStruct((rows, width), jnp.float32)
+    compiled = jax.jit(jax.grad(loss)).lower(ws, x).compile()
+    result[f"{name} temp MiB"] = compiled.memory_analysis().temp_size_in_bytes / 2 ** 20
+  return result
+
+
 def markdown_table(rows: list[dict]) -> str:
   keys = list(rows[0])
   fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)

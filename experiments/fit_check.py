@@ -138,6 +138,11 @@ def _subprocess_rows():
 
 
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON line (used by --all).")
+_REMAT_PROBE = flags.DEFINE_bool(
+    "remat_probe", False, "Print XLA's temporaries for a 20-layer MLP with and without "
+    "jax.checkpoint per layer on this backend (does its memory analysis see remat?).")
+
+
 
 ADVICE = ("When a config does not fit: compute in bfloat16 (`config.model.dtype`), "
           "accumulate gradients over smaller batches, or spread the batch over more "
@@ -148,6 +153,9 @@ ADVICE = ("When a config does not fit: compute in bfloat16 (`config.model.dtype`
 def main(argv):
   del argv
   import json
+  if _REMAT_PROBE.value:
+    print(json.dumps(bench_utils.remat_probe()))
+    return
   if _ALL.value:
     rows = _subprocess_rows()
   else:

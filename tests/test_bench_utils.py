@@ -41,3 +41,14 @@ def test_benchmark_layers_records_every_conv_and_patches_equal_the_conv():
     np.testing.assert_allclose(
         benchmark_layers.patches_conv(conv, params["params"]["kernel"], x),
         conv.apply(params, x), rtol=1e-4, atol=1e-4)
+
+
+def test_remat_probe_counts_the_plain_backprop_activations():
+  """fit_check --remat_probe: without remat the gradient keeps every layer's two
+  activations (the probe's reference point); the remat number is the backend's and is
+  only reported, since whether XLA's memory analysis sees remat is what it measures."""
+  probe = bench_utils.remat_probe(layers=6, width=64, rows=1024)
+  one = probe["activation MiB (one)"]
+  assert one == 1024 * 64 * 4 / 2 ** 20
+  assert probe["plain temp MiB"] >= 2 * 6 * one * 0.9
+  assert probe["remat temp MiB"] > 0
