@@ -1,6 +1,9 @@
 """DivideMix: the co-divide epoch update against sklearn, the warm-up and divided losses
-against NumPy, and a runlocal run on noisy labels through the train loop (epoch pass)."""
+against NumPy, and a runlocal run on noisy labels through the train loop (epoch pass)
+and its exact resume."""
 import json
+import os
+import shutil
 import types
 
 import jax
@@ -204,10 +207,8 @@ def test_config_variants(variant, noise, weight):
     dividemix_fmnist.get_config("noise=0.3")
 
 
-def test_runlocal_co_divides_each_epoch_after_warmup(tiny_fashion_dir, tmp_path,  # noqa: F811
-                                                     monkeypatch):
-  """125 noisy-labelled train images, B = 32: 3 steps an epoch; warm-up 1 epoch, so the
-  co-divide runs before steps 4 and 7 (epochs 1, 2) and the divided loss from step 4."""
+def _record_updates(monkeypatch):
+  """Epochs of every `epoch_update` call (the real update still runs)."""
   calls = []
   original = dm_method.DivideMix.epoch_update
 
@@ -218,16 +219,59 @@ def test_runlocal_co_divides_each_epoch_after_warmup(tiny_fashion_dir, tmp_path,
     return original(self, method_state, epoch=epoch, features=features)
 
   monkeypatch.setattr(dm_method.DivideMix, "epoch_update", recording)
+  return calls
+
+
+def _runlocal_config(data_dir):
   config = dividemix_fmnist.get_config("runlocal")
-  config.data.update(data_dir=tiny_fashion_dir, image_size=fake_data.TINY_SIZE,
-                     mean=0.5, std=0.25)
+  config.data.update(data_dir=data_dir, image_size=fake_data.TINY_SIZE, mean=0.5, std=0.25)
   config.batch_size, config.num_train_steps = 32, 7
   config.eval_every_steps, config.checkpoint_every_steps, config.log_every_steps = 0, 100, 1
-  results = train_and_evaluate(config, str(tmp_path))
-  assert calls == [1, 2]
-  rows = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))
+  return config
+
+
+def _train_rows(workdir):
+  return {r["step"]: r for r in map(json.loads, open(workdir / "metrics.jsonl"))
           if "train_loss" in r}
+
+
+def test_runlocal_co_divides_each_epoch_after_warmup(tiny_fashion_dir, tmp_path,  # noqa: F811
+                                                     monkeypatch):
+  """125 noisy-labelled train images, B = 32: 3 steps an epoch; warm-up 1 epoch, so the
+  co-divide runs before steps 4 and 7 (epochs 1, 2) and the divided loss from step 4."""
+  calls = _record_updates(monkeypatch)
+  results = train_and_evaluate(_runlocal_config(tiny_fashion_dir), str(tmp_path))
+  assert calls == [1, 2]
+  rows = _train_rows(tmp_path)
   assert [rows[s]["train_warmup"] for s in range(1, 8)] == [1, 1, 1, 0, 0, 0, 0]
   assert all(0 < rows[s]["train_label_noise_rate"] < 1 for s in range(1, 8))
   assert all(0 <= rows[s]["train_clean_rate"] <= 1 for s in range(4, 8))
   assert 0.0 <= results["eval_top1"] <= 1.0 and np.isfinite(results["train_loss"])
+
+
+def test_resume_is_exact(tiny_fashion_dir, tmp_path, monkeypatch):  # noqa: F811
+  """A crash after the step-5 checkpoint (mid-epoch, divided phase: the division of epoch
+  1 is method state) or the step-3 one (epoch boundary, still warming up): the resumed
+  run co-divides once per remaining epoch and logs what the straight run logged."""
+  calls = _record_updates(monkeypatch)
+  config = _runlocal_config(tiny_fashion_dir)
+  config.checkpoint_every_steps, config.keep_checkpoints = 1, 10
+  straight_dir = tmp_path / "straight"
+  train_and_evaluate(config, str(straight_dir))
+  assert calls == [1, 2]
+  straight = _train_rows(straight_dir)
+  for stop, expected_calls in ((5, [2]), (3, [1, 2])):
+    workdir = tmp_path / f"resumed_{stop}"
+    shutil.copytree(straight_dir, workdir)
+    for step in range(stop + 1, 8):
+      shutil.rmtree(workdir / "checkpoints" / str(step))
+    os.remove(workdir / "results.json")
+    calls.clear()
+    train_and_evaluate(config, str(workdir))
+    assert calls == expected_calls, (stop, calls)
+    resumed = _train_rows(workdir)
+    for step in range(stop + 1, 8):
+      for key in ("train_loss", "train_warmup", "train_clean_rate", "train_grad_norm"):
+        if key in straight[step]:
+          np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-6,
+                                     err_msg=f"{key} at step {step} (stop {stop})")
