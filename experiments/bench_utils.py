@@ -175,6 +175,41 @@ def remat_probe(layers: int = 20, width: int = 512, rows: int = 4096) -> dict[st
   return result
 
 
+def record_convs(config, images):
+  """[(name, conv module (unbound), input shape)] in call order."""
+  import flax.linen as nn
+  import jax
+  from semissl.methods import networks
+
+  backbone = networks.build_backbone(config.model)
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+      calls.append(("/".join(context.module.path), context.module.clone(parent=None),
+                    args[0].shape))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: backbone.init(jax.random.PRNGKey(0), x, train=True), images)
+  return calls
+
+
+def patches_conv(conv, kernel, x):
+  """`conv` (an nn.Conv without bias) applied to x as im2col: XLA's patch extraction
+  (lax.conv_general_dilated_patches) and one dot."""
+  import jax
+
+  kh, kw, cin, cout = kernel.shape
+  strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides or 1,) * 2
+  padding = conv.padding
+  if isinstance(padding, int):
+    padding = ((padding, padding),) * 2
+  patches = jax.lax.conv_general_dilated_patches(  # channels ordered (cin, kh, kw)
+      x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+
+
 def markdown_table(rows: list[dict]) -> str:
   keys = list(rows[0])
   fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)

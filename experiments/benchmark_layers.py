@@ -27,26 +27,6 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls after compile (median)."
 _WRITE = flags.DEFINE_bool("write", False, "Write the table into docs/PERFORMANCE.md.")
 
 
-def record_convs(config, images):
-  """[(name, conv module (unbound), input shape)] in call order."""
-  import flax.linen as nn
-  import jax
-  from semissl.methods import networks
-
-  backbone = networks.build_backbone(config.model)
-  calls = []
-
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
-      calls.append(("/".join(context.module.path), context.module.clone(parent=None),
-                    args[0].shape))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda x: backbone.init(jax.random.PRNGKey(0), x, train=True), images)
-  return calls
-
-
 def time_conv(conv, shape, *, input_grad: bool, steps: int):
   """(GFLOP, seconds) of forward + backward of one conv at its input shape."""
   import jax
@@ -68,21 +48,6 @@ def time_conv(conv, shape, *, input_grad: bool, steps: int):
   return float(cost.get("flops", 0.0)) / 1e9, bench_utils.median_time(run, steps)
 
 
-def patches_conv(conv, kernel, x):
-  """`conv` (an nn.Conv without bias) applied to x as im2col: XLA's patch extraction
-  (lax.conv_general_dilated_patches) and one dot."""
-  import jax
-
-  kh, kw, cin, cout = kernel.shape
-  strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides or 1,) * 2
-  padding = conv.padding
-  if isinstance(padding, int):
-    padding = ((padding, padding),) * 2
-  patches = jax.lax.conv_general_dilated_patches(  # channels ordered (cin, kh, kw)
-      x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
-
-
 def time_patches_conv(conv, shape, *, input_grad: bool, steps: int) -> float:
   """Seconds of forward + backward of the same conv written as im2col (`patches_conv`)."""
   import jax
@@ -92,7 +57,7 @@ def time_patches_conv(conv, shape, *, input_grad: bool, steps: int) -> float:
   kernel = conv.init(jax.random.PRNGKey(0), x)["params"]["kernel"]
 
   def loss(kernel, x):
-    y = patches_conv(conv, kernel, x)
+    y = bench_utils.patches_conv(conv, kernel, x)
     return 0.5 * jnp.vdot(y, y)
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
@@ -131,7 +96,7 @@ def main(argv):
   step = bench_utils.benchmark_train_step(config, steps=_STEPS.value, num_classes=10)
   peak = step["matmul_peak_gflops"]
   rows, conv_seconds, conv_gflop = [], 0.0, 0.0
-  for index, (name, conv, shape) in enumerate(record_convs(config, images)):
+  for index, (name, conv, shape) in enumerate(bench_utils.record_convs(config, images)):
     gflop, seconds = time_conv(conv, shape, input_grad=index > 0, steps=_STEPS.value)
     output_shape = jax.eval_shape(
         lambda x: conv.apply(conv.init(jax.random.PRNGKey(0), x), x),

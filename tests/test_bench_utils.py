@@ -18,17 +18,16 @@ def test_collective_bytes_and_largest():
 
 
 def test_benchmark_layers_records_every_conv_and_patches_equal_the_conv():
-  """experiments/benchmark_layers.py: the convs it times are the backbone's, at the
+  """What experiments/benchmark_layers.py times: the convs it times are the backbone's, at the
   shapes the step runs them, and its im2col variant computes the same convolution."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from configs import supervised_fmnist
-  from experiments import benchmark_layers
 
   config = supervised_fmnist.get_config("runlocal")
   images = np.zeros((4, 28, 28, 1), np.float32)
-  calls = benchmark_layers.record_convs(config, images)
+  calls = bench_utils.record_convs(config, images)
   names = [name for name, _, _ in calls]
   assert names[0] == "stem_conv" and len(names) == len(set(names))
   assert any(name.endswith("shortcut_conv") for name in names)
@@ -39,7 +38,7 @@ def test_benchmark_layers_records_every_conv_and_patches_equal_the_conv():
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     params = conv.init(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(
-        benchmark_layers.patches_conv(conv, params["params"]["kernel"], x),
+        bench_utils.patches_conv(conv, params["params"]["kernel"], x),
         conv.apply(params, x), rtol=1e-4, atol=1e-4)
 
 
