@@ -88,6 +88,8 @@ ENTRIES = (
     _single("pi_model", "pimodel_fmnist"),
     _single("mean_teacher", "meanteacher_fmnist"),
     _single("pseudo_label", "pseudolabel_fmnist"),
+    _single("temporal_ensembling", "temporal_ensembling_fmnist"),
+    _single("ict", "ict_fmnist"),
     _single("meta_pseudo_labels", "meta_pseudo_labels_fmnist"),
     _single("label_propagation", "label_propagation_fmnist"),
     # Noisy Student: the label-only teacher (iteration 0), then two noised students, each
