@@ -84,6 +84,8 @@ ENTRIES = (
     _single("remixmatch", "remixmatch_fmnist"),
     _single("mixmatch", "mixmatch_fmnist"),
     _single("uda", "uda_fmnist"),
+    # UDA with training signal annealing, the paper's exp schedule for few labels.
+    Entry("uda + tsa (exp)", (Stage("configs/uda_fmnist.py:labels={labels},tsa=exp"),)),
     _single("vat", "vat_fmnist"),
     _single("pi_model", "pimodel_fmnist"),
     _single("mean_teacher", "meanteacher_fmnist"),
