@@ -2,8 +2,6 @@
 against NumPy, and a runlocal run on noisy labels through the train loop (epoch pass)
 and its exact resume."""
 import json
-import os
-import shutil
 import types
 
 import jax
@@ -20,6 +18,7 @@ from semissl.training import train_and_evaluate
 from tests.data import fake_data
 from tests.losses.test_dividemix import np_sharpen, np_softmax, sklearn_clean_probability
 from tests.methods.test_classic import tiny_fashion_dir  # noqa: F401  (fixture)
+from tests.training import capture
 
 C, N, SIZE, B = 3, 40, 8, 6
 
@@ -262,10 +261,7 @@ def test_resume_is_exact(tiny_fashion_dir, tmp_path, monkeypatch):  # noqa: F811
   straight = _train_rows(straight_dir)
   for stop, expected_calls in ((5, [2]), (3, [1, 2])):
     workdir = tmp_path / f"resumed_{stop}"
-    shutil.copytree(straight_dir, workdir)
-    for step in range(stop + 1, 8):
-      shutil.rmtree(workdir / "checkpoints" / str(step))
-    os.remove(workdir / "results.json")
+    capture.crashed_copy(straight_dir, workdir, stop=stop, last=7)
     calls.clear()
     train_and_evaluate(config, str(workdir))
     assert calls == expected_calls, (stop, calls)

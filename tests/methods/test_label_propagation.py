@@ -1,8 +1,6 @@
 """Label Propagation (Iscen et al. 2019): the epoch update and the loss against NumPy,
 a runlocal run through the train loop (epoch pass), and an exact resume."""
 import json
-import os
-import shutil
 import types
 
 import jax
@@ -19,6 +17,7 @@ from semissl.training import train_and_evaluate
 from tests.data import fake_data
 from tests.losses.test_label_propagation import np_affinity, np_normalized, np_weights
 from tests.methods.test_classic import tiny_fashion_dir  # noqa: F401  (fixture)
+from tests.training import capture
 
 C, NUM_LABELLED, NUM_UNLABELLED, SIZE = 3, 6, 30, 8
 
@@ -186,10 +185,7 @@ def test_resume_is_exact(tiny_fashion_dir, tmp_path, monkeypatch):  # noqa: F811
   straight = _train_rows(straight_dir)
   for stop in (3, 4):
     workdir = tmp_path / f"resumed_{stop}"
-    shutil.copytree(straight_dir, workdir)
-    for step in range(stop + 1, 7):
-      shutil.rmtree(workdir / "checkpoints" / str(step))
-    os.remove(workdir / "results.json")
+    capture.crashed_copy(straight_dir, workdir, stop=stop, last=6)
     calls.clear()
     train_and_evaluate(config, str(workdir))
     assert calls == [2], (stop, calls)

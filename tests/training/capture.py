@@ -77,3 +77,15 @@ def assert_started_from(state, workdir, *, module="backbone"):
     for path, value in expected:
       np.testing.assert_array_equal(np.asarray(loaded[path]), np.asarray(value),
                                     err_msg=f"{collection}/{module}{path}")
+
+
+def crashed_copy(finished, workdir, *, stop: int, last: int):
+  """`workdir` as `finished` (a run saving every step to `last`) would be had it crashed
+  after its step-`stop` checkpoint: the later checkpoints and results.json removed."""
+  import os
+  import shutil
+  shutil.copytree(finished, workdir)
+  for step in range(stop + 1, last + 1):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  os.remove(os.path.join(workdir, "results.json"))
+  return workdir
