@@ -4,6 +4,10 @@
 Variants (comma-separated key=value after ':'):
   labels=1pct (default) | 10pct | all | 40 (labels in all) | perclass4
   dataset=fashion_mnist (default) | folder:/path/to/root | any TFDS name
+  strong=randaugment (default) | cta: the strong view's augmentation; `cta` is the
+            paper's CTAugment variant, "FixMatch (CTA)": the pipeline gives crop + flip
+            and the method applies CTAugment (2 transformations, 17 bins, decay 0.99,
+            threshold 0.8, as configs/remixmatch_fmnist.py) + Cutout on device
   runlocal  (a few steps, for tests)
 
 FixMatch's recipe (configs/fixmatch_cifar.py: tau = 0.95, lambda_u = 1, hard
@@ -13,6 +17,8 @@ B = 32 labelled + mu = 3 -> 96 unlabelled images, EMA 0.99, a few thousand steps
 """
 from configs import common
 from configs import fixmatch_cifar
+
+STRONG = ("randaugment", "cta")
 
 
 def set_fmnist_semi_data(config, args) -> None:
@@ -49,7 +55,10 @@ def set_fmnist_training(config, args) -> None:
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, labels="1pct", runlocal=False, dataset="fashion_mnist")
+  args = common.parse_arg(arg, labels="1pct", runlocal=False, dataset="fashion_mnist",
+                          strong="randaugment")
+  if args.strong not in STRONG:
+    raise ValueError(f"strong={args.strong!r}; known: {STRONG}.")
   config = common.base_config()
   m = config.method
   m.name = "fixmatch"
@@ -63,5 +72,11 @@ def get_config(arg=None):
   m.pseudo_mixup = False
   m.labelled_mixup = False
   set_fmnist_semi_data(config, args)
+  if args.strong == "cta":
+    m.strong_augment = "ctaugment"
+    m.cta_depth = 2
+    m.cta_decay = 0.99
+    m.cta_threshold = 0.8
+    config.data.unlabelled_views["strong"] = fixmatch_cifar.weak_view()
   set_fmnist_training(config, args)
   return config

@@ -92,6 +92,9 @@ ENTRIES = (
     Entry("remixmatch_da (fixmatch + DA)",
           (Stage("configs/remixmatch_fmnist.py:labels={labels},da_only"),)),
     _single("remixmatch", "remixmatch_fmnist"),
+    # FixMatch's CTAugment variant (FixMatch Sec. 2.3: CTAugment + Cutout strong views).
+    Entry("fixmatch_cta (ctaugment strong views)",
+          (Stage("configs/fixmatch_fmnist.py:labels={labels},strong=cta"),)),
     _single("mixmatch", "mixmatch_fmnist"),
     _single("uda", "uda_fmnist"),
     # UDA with training signal annealing, the paper's exp schedule for few labels.

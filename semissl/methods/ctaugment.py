@@ -285,3 +285,54 @@ def apply_policy(images: jax.Array, *, policy: Policy, rng: jax.Array) -> jax.Ar
     images = apply_ops(images, ops=policy.ops[:, slot], levels=policy.levels[:, slot],
                        rng=slot_rng)
   return images
+
+
+# --- strong views and the probe update, as ReMixMatch and FixMatch (CTA) use them ---
+
+
+def augment_normalised(images: jax.Array, *, policy: Policy, rng: jax.Array,
+                       mean=None, std=None, final_cutout: bool = False) -> jax.Array:
+  """`policy` on images normalised as (pixels - mean) / std (the pipeline's
+  `DatasetInfo` mean / std; None: already [0, 1] pixels), then Cutout at level 1 if
+  `final_cutout`; returned normalised the same way. [N, H, W, C] -> [N, H, W, C]."""
+  policy_rng, cutout_rng = jax.random.split(rng)
+  if mean is None or std is None:
+    pixels, renormalise = images, lambda x: x
+  else:
+    mean, std = jnp.asarray(mean, images.dtype), jnp.asarray(std, images.dtype)
+    pixels, renormalise = images * std + mean, lambda x: (x - mean) / std
+  pixels = apply_policy(pixels, policy=policy, rng=policy_rng)
+  if final_cutout:
+    pixels = cutout(pixels, rng=cutout_rng, levels=jnp.ones((images.shape[0],), pixels.dtype))
+  return renormalise(pixels)
+
+
+def strong_views(images: jax.Array, *, weights: jax.Array, rng: jax.Array, depth: int,
+                 threshold: float, mean=None, std=None) -> jax.Array:
+  """Strong views (ReMixMatch Sec. 3.2.2, FixMatch's CTAugment variant): `depth`
+  transformations drawn from the bin `weights` (`sample_policy`), then Cutout."""
+  policy_rng, augment_rng = jax.random.split(rng)
+  policy = sample_policy(rng=policy_rng, weights=weights, num_images=images.shape[0],
+                         depth=depth, threshold=threshold)
+  return augment_normalised(images, policy=policy, rng=augment_rng, mean=mean, std=std,
+                            final_cutout=True)
+
+
+def probe_update(images: jax.Array, labels: jax.Array, *, weights: jax.Array,
+                 rng: jax.Array, depth: int, decay: float, predict,
+                 mean=None, std=None) -> tuple[jax.Array, jax.Array]:
+  """CTAugment's learning step: labelled `images` [N, H, W, C] under uniformly drawn
+  policies (the probes), `predict(probes)` -> class probabilities [N, C] (the current
+  model, eval mode), and `update_weights` by their proximity to `labels` [N].
+
+  Returns:
+    (the new bin weights [num_ops, NUM_BINS], the probes' proximity [N]).
+  """
+  policy_rng, augment_rng = jax.random.split(rng)
+  policy = sample_probe_policy(rng=policy_rng, num_ops=weights.shape[0],
+                               num_images=images.shape[0], depth=depth)
+  probes = augment_normalised(images, policy=policy, rng=augment_rng, mean=mean, std=std)
+  proximity = probe_proximity(probs=predict(probes), labels=labels)
+  return update_weights(weights=weights, policy=policy, proximity=proximity,
+                        decay=decay), proximity
+

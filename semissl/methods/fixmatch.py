@@ -8,6 +8,12 @@
 * Probabilistic pseudo mixup (Semi-ViT Eq. 3-5, `pseudo_mixup=True`), labelled
   mixup / CutMix (`labelled_mixup=True`), ReMixMatch distribution alignment
   (`distribution_alignment=True`).
+* FixMatch's CTAugment variant (FixMatch Sec. 2.3, "FixMatch (CTA)";
+  `strong_augment='ctaugment'`): the pipeline's 'strong' view is only crop + flip and
+  is made strong on device by CTAugment (`cta_depth` transformations from the bin
+  weights in the method state) then Cutout; each step the labelled images, under
+  uniformly drawn transformations, go through an eval-mode pass of the current weights
+  and update the bins (semissl/methods/ctaugment.py, as ReMixMatch).
 * Without unlabelled views (mu = 0) only the labelled loss is trained (Semi-ViT's
   supervised fine-tuning stage); ViT backbones get layer-wise lr decay.
 
@@ -23,9 +29,10 @@ import jax.numpy as jnp
 from semissl import losses
 from semissl import models
 from semissl.losses import mixing
-from semissl.methods import base, networks, supervised
+from semissl.methods import base, ctaugment, networks, supervised
 
 TEACHERS = ("self", "ema")
+STRONG_AUGMENTS = ("pipeline", "ctaugment")
 UNLABELLED_VIEWS = ("weak", "strong")
 
 
@@ -65,7 +72,8 @@ class FixMatch(base.Method):
               "lambda_u": 1.0, "soft_targets": False, "temperature": 1.0,
               "label_smoothing": 0.0, "distribution_alignment": False, "da_window": 128,
               "pseudo_mixup": False, "labelled_mixup": False, "mixup_alpha": 0.8,
-              "cutmix_alpha": 1.0, "switch_prob": 0.5}
+              "cutmix_alpha": 1.0, "switch_prob": 0.5, "strong_augment": "pipeline",
+              "cta_depth": 2, "cta_decay": 0.99, "cta_threshold": 0.8}
 
   def __init__(self, config, info, **kwargs):
     super().__init__(config, info, **kwargs)
@@ -73,6 +81,10 @@ class FixMatch(base.Method):
     self.teacher = self.option("teacher")
     self.layer_id_fn = (models.vit_layer_id
                         if config.model.name.startswith("vit") else None)
+
+  @property
+  def ctaugment(self) -> bool:
+    return self.option("strong_augment") == "ctaugment"
 
   @property
   def semi_supervised(self) -> bool:
@@ -89,6 +101,16 @@ class FixMatch(base.Method):
                        "[0, 1).")
     if self.option("temperature") <= 0:
       raise ValueError(f"method.temperature={self.option('temperature')} must be > 0.")
+    if self.option("strong_augment") not in STRONG_AUGMENTS:
+      raise ValueError(f"method.strong_augment={self.option('strong_augment')!r}; known: "
+                       f"{STRONG_AUGMENTS}.")
+    if self.ctaugment:
+      depth = self.option("cta_depth")
+      if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"method.cta_depth={depth!r} must be an integer >= 1.")
+      for key in ("cta_decay", "cta_threshold"):
+        if not 0.0 <= self.option(key) <= 1.0:
+          raise ValueError(f"method.{key}={self.option(key)} must be in [0, 1].")
     if not 0.0 <= self.option("switch_prob") <= 1.0:
       raise ValueError(f"method.switch_prob={self.option('switch_prob')} must be in [0, 1].")
     mixing_on = self.option("pseudo_mixup") or self.option("labelled_mixup")
@@ -115,6 +137,8 @@ class FixMatch(base.Method):
       method_state["da"] = losses.init_distribution_alignment_window(
           num_classes=self.info.num_classes,
           window_size=int(self.option("da_window")))
+    if self.ctaugment:
+      method_state["cta"] = ctaugment.init_weights()
     return dict(variables), method_state
 
   def _student(self, params, batch_stats, images, rng):
@@ -155,8 +179,29 @@ class FixMatch(base.Method):
         images=images, probs=probs, permutation=permutation,
         threshold=self.option("threshold"), use_cutmix=use_cutmix, rng=box_rng)
 
+  def _ctaugment(self, params, state, *, images, labels, strong, rng):
+    """CTAugment strong views of `strong` and the bins updated from labelled probes."""
+    strong_rng, probe_rng = jax.random.split(rng)
+    weights, depth = state.method_state["cta"], self.option("cta_depth")
+    norm = dict(mean=self.info.mean, std=self.info.std)
+    strong = ctaugment.strong_views(strong, weights=weights, rng=strong_rng, depth=depth,
+                                    threshold=self.option("cta_threshold"), **norm)
+    variables = {"params": jax.lax.stop_gradient(params), "batch_stats": state.batch_stats}
+    new_weights, proximity = ctaugment.probe_update(
+        images, labels, weights=weights, rng=probe_rng, depth=depth,
+        decay=self.option("cta_decay"),
+        predict=lambda probes: jax.nn.softmax(self.model.apply(variables, probes,
+                                                               train=False)), **norm)
+    metrics = {"probe_proximity": jnp.mean(proximity),
+               "cta_kept_bins": jnp.mean(ctaugment.bin_probabilities(
+                   weights=new_weights, threshold=self.option("cta_threshold")) > 0)}
+    return strong, dict(state.method_state, cta=new_weights), metrics
+
   def loss_fn(self, params, batch, *, state, rng):
     smoothing = self.option("label_smoothing")
+    cta_rng = None
+    if self.ctaugment and self.semi_supervised:  # other variants keep their streams
+      rng, cta_rng = jax.random.split(rng)
     student_rng, teacher_rng, labelled_rng, unlabelled_rng = jax.random.split(rng, 4)
     x_l = batch["labelled"]["images"]["image"]
     labels = batch["labelled"]["label"]
@@ -173,6 +218,11 @@ class FixMatch(base.Method):
 
     unlabelled = batch["unlabelled"]
     u_w, u_s = unlabelled["images"]["weak"], unlabelled["images"]["strong"]
+    if cta_rng is not None:
+      u_s, method_state, cta_metrics = self._ctaugment(
+          params, state, images=batch["labelled"]["images"]["image"], labels=labels,
+          strong=u_s, rng=cta_rng)
+      metrics.update(cta_metrics)
     n_l, n_u = x_l.shape[0], u_w.shape[0]
     pseudo_mixup = self.option("pseudo_mixup")
     one_pass = self.teacher == "self" and not pseudo_mixup

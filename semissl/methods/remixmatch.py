@@ -117,28 +117,10 @@ class ReMixMatch(ssc.SemiSupervisedClassifier):
             num_classes=self.info.num_classes, window_size=self.option("da_window")),
         "cta": ctaugment.init_weights()}
 
-  def _pixels(self, images):
-    """Normalised pipeline images -> [0, 1] pixels, and back (`DatasetInfo` mean/std)."""
-    if self.info.mean is None or self.info.std is None:
-      return images, lambda x: x
-    mean = jnp.asarray(self.info.mean, images.dtype)
-    std = jnp.asarray(self.info.std, images.dtype)
-    return images * std + mean, lambda x: (x - mean) / std
-
-  def augment(self, images, *, policy, rng, final_cutout):
-    """CTAugment `policy` on normalised images (then Cutout at level 1 if asked)."""
-    policy_rng, cutout_rng = jax.random.split(rng)
-    pixels, renormalise = self._pixels(images)
-    pixels = ctaugment.apply_policy(pixels, policy=policy, rng=policy_rng)
-    if final_cutout:
-      pixels = ctaugment.cutout(pixels, rng=cutout_rng,
-                                levels=jnp.ones((images.shape[0],), pixels.dtype))
-    return renormalise(pixels)
-
   def loss_fn(self, params, batch, *, state, rng):
     labelled, unlabelled = batch["labelled"], batch["unlabelled"]
-    (guess_rng, policy_rng, strong_rng, probe_policy_rng, probe_rng, permutation_rng,
-     ratio_rng, rotation_rng, train_rng) = jax.random.split(rng, 9)
+    (guess_rng, strong_rng, probe_rng, permutation_rng, ratio_rng, rotation_rng,
+     train_rng) = jax.random.split(rng, 7)
     x, labels = labelled["images"]["image"], labelled["label"]
     num_labelled, num_classes = x.shape[0], self.info.num_classes
     weak = unlabelled["images"]["weak"]
@@ -156,23 +138,20 @@ class ReMixMatch(ssc.SemiSupervisedClassifier):
     # 2. K CTAugment strong views of the unlabelled images.
     strong = jnp.concatenate([unlabelled["images"][name]
                               for name in strong_view_names(self.num_strong)])
-    policy = ctaugment.sample_policy(rng=policy_rng, weights=weights,
-                                     num_images=strong.shape[0], depth=depth,
-                                     threshold=self.option("cta_threshold"))
-    strong = self.augment(strong, policy=policy, rng=strong_rng, final_cutout=True)
+    strong = ctaugment.strong_views(strong, weights=weights, rng=strong_rng, depth=depth,
+                                    threshold=self.option("cta_threshold"),
+                                    mean=self.info.mean, std=self.info.std)
 
     # 3. CTAugment's bin update from the probes (labelled images, uniform policies).
-    probe_policy = ctaugment.sample_probe_policy(
-        rng=probe_policy_rng, num_ops=weights.shape[0], num_images=num_labelled,
-        depth=depth)
-    probes = self.augment(x, policy=probe_policy, rng=probe_rng, final_cutout=False)
-    probe_logits, _ = self.model.apply({"params": frozen, "batch_stats": state.batch_stats},
-                                       probes, train=False)
-    proximity = ctaugment.probe_proximity(probs=jax.nn.softmax(probe_logits),
-                                          labels=labels)
-    new_weights = ctaugment.update_weights(weights=weights, policy=probe_policy,
-                                           proximity=proximity,
-                                           decay=self.option("cta_decay"))
+    def predict(probes):
+      logits, _ = self.model.apply({"params": frozen, "batch_stats": state.batch_stats},
+                                   probes, train=False)
+      return jax.nn.softmax(logits)
+
+    new_weights, proximity = ctaugment.probe_update(
+        x, labels, weights=weights, rng=probe_rng, depth=depth,
+        decay=self.option("cta_decay"), predict=predict, mean=self.info.mean,
+        std=self.info.std)
 
     # 4. MixUp over the labelled batch and every strong view.
     total = num_labelled + strong.shape[0]

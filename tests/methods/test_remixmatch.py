@@ -102,11 +102,13 @@ def test_strong_views_stay_normalised_like_the_pipeline():
   pixels = jnp.clip(images * 0.25 + 0.5, 0.0, 1.0)
   ones = jnp.zeros((images.shape[0], 2), jnp.int32)  # identity, identity
   policy = ctaugment.Policy(ones, ones, jnp.zeros((images.shape[0], 2)))
-  out = method.augment(images, policy=policy, rng=jax.random.PRNGKey(0),
-                       final_cutout=False)
+  norm = dict(mean=method.info.mean, std=method.info.std)
+  out = ctaugment.augment_normalised(images, policy=policy, rng=jax.random.PRNGKey(0),
+                                     **norm)
   np.testing.assert_allclose(out, (pixels - 0.5) / 0.25, atol=1e-6)
-  cut = np.asarray(method.augment(images, policy=policy, rng=jax.random.PRNGKey(0),
-                                  final_cutout=True)) * 0.25 + 0.5
+  cut = np.asarray(ctaugment.augment_normalised(
+      images, policy=policy, rng=jax.random.PRNGKey(0), final_cutout=True,
+      **norm)) * 0.25 + 0.5
   grey = np.isclose(cut, 127 / 255, atol=1e-6) & ~np.isclose(np.asarray(pixels), 127 / 255)
   assert grey.any(axis=(1, 2, 3)).all()  # every strong view has its Cutout square
 

@@ -71,6 +71,10 @@ CASES = {
     "fixmatch_remixmatch_da": ("fixmatch", (("image",), ("weak", "strong")),
                                {"threshold": 0.0, "distribution_alignment": True,
                                 "da_window": 4}),
+    # FixMatch (CTA): CTAugment's bins in the method state, updated probe by probe (a
+    # scan over the global batch); the strong views made on each device.
+    "fixmatch_cta": ("fixmatch", (("image",), ("weak", "strong")),
+                     {"threshold": 0.0, "strong_augment": "ctaugment"}),
     # Semi-ViT: EMA teacher + probabilistic pseudo mixup (mixup or CutMix drawn per
     # example, partners from a random permutation of the global batch).
     "emateacher_pseudo_mixup": (
