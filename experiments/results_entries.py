@@ -77,11 +77,13 @@ ENTRIES = (
         Stage("configs/label_propagation_fmnist.py:labels={labels},init_from={prev}", 0.3)),
           flagship=True),
     # Longer budgets, for the targets the default budgets miss (docs/results/analysis.md):
-    # SimMatch at twice its 3000 steps (40 labels) and SemPPL's pretraining at twice
-    # its 2500 before Label Propagation (1% labels).
+    # SimMatch and FixMatch at twice their 3000 steps (40 labels) and SemPPL's
+    # pretraining at twice its 2500 before Label Propagation (1% labels).
     Entry("6000-step simmatch", (Stage("configs/simmatch_fmnist.py:labels={labels}",
                                        extra=("--config.method.embedding_batch_norm=True",
                                               "--config.num_train_steps=6000")),)),
+    Entry("6000-step fixmatch", (Stage("configs/fixmatch_fmnist.py:labels={labels}",
+                                       extra=("--config.num_train_steps=6000",)),)),
     Entry("5000-step semppl -> label propagation", (
         Stage("configs/semppl_fmnist.py:labels={labels},crop_prob=0.5", 0.8,
               extra=("--config.num_train_steps=5000",)),

@@ -283,8 +283,9 @@ def plot_pseudo_labels(entries, labels, out) -> str | None:
              xlabel="step", ylabel="accuracy", ylim=(0, 1))
   ax_mask.set(title="mask rate (pseudo-labels used)", xlabel="step", ylabel="fraction",
               ylim=(0, 1.02))  # a mask rate of 1 (SemPPL uses every pseudo-label) shows
-  ax_acc.legend(fontsize=7)
-  ax_mask.legend(fontsize=7)
+  for ax in (ax_acc, ax_mask):
+    if ax.get_legend_handles_labels()[0]:  # a test store may hold no mask-rate curve
+      ax.legend(fontsize=7)
   return _save(plt, fig, out)
 
 
